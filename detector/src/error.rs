@@ -1,0 +1,35 @@
+//! The crate's error type.
+
+/// Result with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong in the detector.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The Kafka client failed; `transient` errors are worth retrying.
+    #[error("kafka: {context}: {source}")]
+    Kafka {
+        context: String,
+        #[source]
+        source: Box<rdkafka::error::KafkaError>,
+    },
+
+    /// The topic does not exist on the broker.
+    #[error(
+        "topic `{topic}` does not exist on {brokers}; create it (deploy/local/broker.sh start creates Vigil's topics) or check the name"
+    )]
+    UnknownTopic { topic: String, brokers: String },
+
+    /// Writing output failed (e.g. stdout closed).
+    #[error("writing output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+impl Error {
+    pub(crate) fn kafka(context: impl Into<String>, source: rdkafka::error::KafkaError) -> Self {
+        Error::Kafka {
+            context: context.into(),
+            source: Box::new(source),
+        }
+    }
+}

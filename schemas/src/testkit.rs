@@ -1,0 +1,211 @@
+//! The integration-test harness shared by Vigil's crates.
+//!
+//! [`TestBroker::start`] runs a private tansu broker with in-memory storage on
+//! a free loopback port and stops it when dropped; when `VIGIL_TEST_BROKER`
+//! names a running broker (`host:port`), that one is used instead. Tests
+//! create uniquely named topics ([`TestBroker::topic`]) so they never see each
+//! other's records, even on a shared broker.
+//!
+//! The broker binary is `VIGIL_TANSU` if set, else `tansu` on `PATH`, else
+//! `~/.cargo/bin/tansu` (where `deploy/local/setup.sh` installs it).
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::producer::FutureProducer;
+
+use crate::bus;
+
+/// How long a broker may take to answer after it is started.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A Kafka-protocol broker for one test.
+#[derive(Debug)]
+pub struct TestBroker {
+    bootstrap: String,
+    child: Option<Child>,
+    log: Option<tempfile::NamedTempFile>,
+}
+
+/// Finds the tansu binary, or says how to install it.
+pub fn tansu_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("VIGIL_TANSU") {
+        return PathBuf::from(path);
+    }
+    if let Some(found) = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("tansu"))
+            .find(|candidate| candidate.is_file())
+    }) {
+        return found;
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let cargo_bin = home.join(".cargo/bin/tansu");
+    if cargo_bin.is_file() {
+        return cargo_bin;
+    }
+    panic!(
+        "the tansu broker is not installed (looked at $VIGIL_TANSU, $PATH and {}); \
+         run deploy/local/setup.sh, or set VIGIL_TEST_BROKER=host:port to use a running broker",
+        cargo_bin.display()
+    );
+}
+
+fn free_loopback_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral loopback port");
+    listener
+        .local_addr()
+        .expect("ephemeral listener has an address")
+        .port()
+}
+
+impl TestBroker {
+    /// Starts a private broker, or connects to `VIGIL_TEST_BROKER`. Panics
+    /// with the broker's log when it does not come up.
+    pub fn start() -> TestBroker {
+        if let Ok(bootstrap) = std::env::var("VIGIL_TEST_BROKER") {
+            let broker = TestBroker {
+                bootstrap,
+                child: None,
+                log: None,
+            };
+            broker.wait_until_ready();
+            return broker;
+        }
+        let tansu = tansu_binary();
+        let port = free_loopback_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log = tempfile::NamedTempFile::new().expect("create a temp file for the broker log");
+        let stdout = log.reopen().expect("open broker log for stdout");
+        let stderr = log.reopen().expect("open broker log for stderr");
+        let child = Command::new(&tansu)
+            .arg("broker")
+            .args(["--storage-engine", "memory://tansu/"])
+            .args(["--listener-url", &url])
+            .args(["--advertised-listener-url", &url])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", tansu.display()));
+        let broker = TestBroker {
+            bootstrap: format!("127.0.0.1:{port}"),
+            child: Some(child),
+            log: Some(log),
+        };
+        broker.wait_until_ready();
+        broker
+    }
+
+    /// `host:port` to give clients as `bootstrap.servers`.
+    pub fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+
+    /// The broker's output so far (empty for an external broker).
+    pub fn log(&self) -> String {
+        self.log
+            .as_ref()
+            .and_then(|log| std::fs::read_to_string(log.path()).ok())
+            .unwrap_or_default()
+    }
+
+    fn wait_until_ready(&self) {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        let addr: Option<SocketAddr> = self.bootstrap.parse().ok();
+        loop {
+            let listening = match addr {
+                Some(addr) => TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok(),
+                None => true,
+            };
+            if listening && self.answers_metadata() {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "broker at {} did not answer a metadata request within {STARTUP_TIMEOUT:?}; broker log:\n{}",
+                    self.bootstrap,
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn answers_metadata(&self) -> bool {
+        let consumer: BaseConsumer =
+            match bus::consumer_config(&self.bootstrap, "vigil-testkit-probe").create() {
+                Ok(consumer) => consumer,
+                Err(_) => return false,
+            };
+        consumer
+            .fetch_metadata(None, Duration::from_secs(2))
+            .is_ok()
+    }
+
+    /// Creates a topic named `<prefix>.<pid>.<n>`, unique to this test run,
+    /// and returns its name.
+    pub async fn topic(&self, prefix: &str, partitions: i32) -> String {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "{prefix}.{}.{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        self.create_topic(&name, partitions).await;
+        name
+    }
+
+    /// Creates a topic with the given partition count.
+    pub async fn create_topic(&self, name: &str, partitions: i32) {
+        let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create()
+            .expect("create an admin client");
+        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        let results = admin
+            .create_topics(
+                [&topic],
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("create topic {name}: {e}; broker log:\n{}", self.log()));
+        for result in results {
+            if let Err((topic, code)) = result {
+                panic!("create topic {topic}: {code}; broker log:\n{}", self.log());
+            }
+        }
+    }
+
+    /// An idempotent `acks=all` producer (the product's settings).
+    pub fn producer(&self) -> FutureProducer {
+        bus::producer_config(&self.bootstrap)
+            .create()
+            .expect("create a producer")
+    }
+
+    /// A consumer in `group` with the product's settings.
+    pub fn consumer(&self, group: &str) -> StreamConsumer {
+        bus::consumer_config(&self.bootstrap, group)
+            .create()
+            .expect("create a consumer")
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
