@@ -1,11 +1,187 @@
 //! Vigil's collector: the user-space side of the node agent.
 //!
-//! Not built yet. It will load the CO-RE programs from `collector-ebpf/` with
-//! aya, fill their scope maps (watched PHI path prefixes, uid and cgroup
-//! scopes) from configuration, drain the ring buffer, enrich each record
-//! (user and login names, parent executable, container id, host, wall-clock
-//! time), number it with the per-host sequence, encode it with
-//! `vigil-schemas` and publish it to `vigil.events.v1` keyed by principal.
-//! Kernel drops and producer overflow become `gap` events.
+//! The kernel side is C (`collector-ebpf/src/vigil.bpf.c`), compiled by
+//! `build.rs` and embedded in this crate. [`run`] loads it, drains its ring
+//! buffer and publishes one `vigil_schemas::Event` per record to Kafka.
 //!
-//! Until then this crate holds no code: the README's status section says so.
+//! - [`config`] — flags, `VIGIL_*` environment, TOML file and defaults,
+//!   merged in that order of precedence.
+//! - [`loader`] — privilege check, tracefs, loading the object with its
+//!   globals, attaching each program to its tracepoint, the drop counters.
+//! - [`scope`] — filling the kernel's scope maps: watched path prefixes (LPM
+//!   trie), watched directories (for relative paths), uids, cgroups.
+//! - [`record`] — the Rust mirror of `vigil_record.h`, checked field by
+//!   field against the C layout.
+//! - [`enrich`] — record → event: names, executables, container id, host,
+//!   wall-clock time.
+//! - [`publish`] — sequence numbers, the bounded queue, gap events, the
+//!   idempotent producer.
+//! - [`error`] — the crate's [`Error`].
+
+pub mod config;
+pub mod enrich;
+pub mod error;
+pub mod loader;
+pub mod publish;
+pub mod record;
+pub mod scope;
+
+use aya::maps::{MapData, RingBuf};
+use tokio::io::unix::AsyncFd;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+pub use config::{Args, Config};
+pub use error::{Error, Result};
+
+use enrich::{Enricher, kind_of};
+use loader::{DropCounters, Probes};
+use publish::Outbox;
+use record::RawRecord;
+
+/// What a run did, for the final log line and for tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    /// Records read from the ring buffer.
+    pub records: u64,
+    /// Events the kernel could not write (ring buffer full).
+    pub kernel_drops: u64,
+    /// Events dropped because the queue to the broker was full.
+    pub queue_drops: u64,
+    /// Events never delivered at exit (broker unreachable at shutdown).
+    pub undelivered: u64,
+}
+
+/// Runs the collector until `shutdown` is cancelled: loads and attaches the
+/// programs, publishes events, then detaches, flushes and returns.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary> {
+    loader::check_capabilities()?;
+    loader::ensure_tracefs()?;
+    let host = config.host.clone().unwrap_or_else(enrich::host_name);
+
+    let mut probes = Probes::load(&config)?;
+    let mut ring = register(probes.take_events()?)?;
+    let mut drops = probes.take_drops()?;
+
+    let (producer, deliveries) = publish::producer(&config.brokers, config.queue_capacity)?;
+    let (mut outbox, rx) = Outbox::new(host.clone(), config.queue_capacity);
+    let publisher = tokio::spawn(publish::publish(
+        rx,
+        producer,
+        config.topic.clone(),
+        shutdown.clone(),
+        config.flush_timeout,
+    ));
+
+    let mut enricher = Enricher::new(host.clone());
+    let mut records = 0u64;
+    info!(
+        programs = probes.attached(),
+        host = %host,
+        topic = %config.topic,
+        brokers = %config.brokers,
+        watch = %scope::describe(&config.watch),
+        "Collecting"
+    );
+
+    let mut stats = tokio::time::interval(config.stats_interval);
+    stats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            _ = stats.tick() => {
+                records += drain(ring.get_mut(), &mut enricher, &mut outbox);
+                report_drops(&mut drops, &mut outbox);
+                outbox.report_losses();
+                let delivered = deliveries.delivered.load(std::sync::atomic::Ordering::Relaxed);
+                if outbox.backlog() > 0 || outbox.lost_total() > 0 {
+                    info!(
+                        backlog = outbox.backlog(),
+                        delivered,
+                        queue_drops = outbox.lost_total(),
+                        kernel_drops = drops.total(),
+                        "Backlog"
+                    );
+                }
+            }
+            guard = ring.readable_mut() => {
+                let mut guard = guard.map_err(|e| Error::io("waiting on the ring buffer", e))?;
+                records += drain(guard.get_inner_mut(), &mut enricher, &mut outbox);
+                guard.clear_ready();
+                // A record submitted between the drain and clear_ready woke
+                // nobody: read once more so it is not left until the next tick.
+                records += drain(guard.get_inner_mut(), &mut enricher, &mut outbox);
+            }
+        }
+    }
+
+    info!("Shutting down: detaching programs");
+    drop(probes);
+    records += drain(ring.get_mut(), &mut enricher, &mut outbox);
+    report_drops(&mut drops, &mut outbox);
+    outbox.report_losses();
+    let queue_drops = outbox.lost_total();
+    drop(outbox);
+    let undelivered = match publisher.await {
+        Ok(Ok(undelivered)) => undelivered,
+        Ok(Err(e)) => return Err(e),
+        Err(e) => {
+            error!(error = %e, "Publisher task failed");
+            0
+        }
+    };
+    let summary = Summary {
+        records,
+        kernel_drops: drops.total(),
+        queue_drops,
+        undelivered,
+    };
+    info!(
+        records = summary.records,
+        kernel_drops = summary.kernel_drops,
+        queue_drops = summary.queue_drops,
+        undelivered = summary.undelivered,
+        "Stopped"
+    );
+    Ok(summary)
+}
+
+/// Registers the ring buffer's descriptor with tokio's reactor.
+#[allow(unsafe_code)]
+fn register(ring: RingBuf<MapData>) -> Result<AsyncFd<RingBuf<MapData>>> {
+    // SAFETY: the RingBuf owns its map's file descriptor (an OwnedFd inside
+    // MapData), which stays open and unchanged until the RingBuf, and so the
+    // AsyncFd, is dropped; as_raw_fd always returns that descriptor.
+    unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| Error::io("registering the ring buffer with tokio", e.into()))
+}
+
+/// Reads every record available now; returns how many.
+fn drain(ring: &mut RingBuf<MapData>, enricher: &mut Enricher, outbox: &mut Outbox) -> u64 {
+    let mut count = 0;
+    while let Some(item) = ring.next() {
+        count += 1;
+        let Some(raw) = RawRecord::from_bytes(&item) else {
+            warn!(len = item.len(), "Short ring-buffer record skipped");
+            continue;
+        };
+        drop(item);
+        if let Some(event) = enricher.event(&raw) {
+            outbox.push(event);
+        }
+    }
+    count
+}
+
+fn report_drops(drops: &mut DropCounters, outbox: &mut Outbox) {
+    match drops.new_drops() {
+        Ok(fresh) => {
+            for (kind, count) in fresh {
+                let kind = kind_of(kind).unwrap_or(vigil_schemas::Kind::Unknown);
+                outbox.kernel_drops(kind, count);
+            }
+        }
+        Err(e) => warn!(error = %e, "Cannot read the kernel drop counters"),
+    }
+}

@@ -1,0 +1,899 @@
+// SPDX-License-Identifier: (Apache-2.0 OR GPL-2.0)
+/*
+ * Vigil's kernel programs: syscall tracepoints filtered in the kernel,
+ * writing struct vigil_record (vigil_record.h) into the `events` ring buffer.
+ *
+ * Layout of this file:
+ *   maps and globals    - scope (watched prefixes, directories, uids,
+ *                         cgroups), in-flight syscalls, watched descriptors,
+ *                         traced connections, drop counters, ring buffer
+ *   helpers             - scope checks, record header, emit
+ *   process             - sched_process_exec / sched_process_exit
+ *   files               - open family, read/write roll-ups, close, rename,
+ *                         unlink, truncate, chmod, chown
+ *   network             - connect, accept, per-connection byte roll-ups
+ *   privilege           - setuid/setgid families, capset
+ *
+ * Every syscall is handled on its own syscalls:sys_enter_X / sys_exit_X
+ * tracepoint (never raw_syscalls). Entry decides scope as early and as
+ * cheaply as possible and stages a record keyed by thread id; exit adds the
+ * outcome and emits it, so every record carries success or errno.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_helpers.h>
+
+#include "vigil_record.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+#define AF_INET 2
+#define AF_INET6 10
+#define AT_FDCWD -100
+#define TCP_CLOSE_STATE 7
+#define RCV_SHUTDOWN_BIT 1
+#define MAX_DIR_DEPTH 32
+
+/* ---- maps and globals -------------------------------------------------- */
+
+/* Set by the collector before loading. */
+const volatile __u32 self_tgid = 0;
+const volatile __u32 uid_mode = VIGIL_SCOPE_ALL;
+const volatile __u32 cgroup_mode = VIGIL_SCOPE_ALL;
+const volatile __u32 watch_relative = 1;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 8 << 20);
+} events SEC(".maps");
+
+/* Failed ring-buffer reservations, per CPU, indexed by enum vigil_kind. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, VIGIL_KIND_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} drops SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 256);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct vigil_path_key);
+	__type(value, __u32);
+} watched_prefixes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, struct vigil_inode_key);
+	__type(value, __u32);
+} watched_dirs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, __u32);
+} scope_uids SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u64);
+	__type(value, __u32);
+} scope_cgroups SEC(".maps");
+
+/* Syscalls between entry and exit, by thread id. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct vigil_tracked);
+} inflight SEC(".maps");
+
+/* Reads and writes between entry and exit on a watched descriptor, by
+ * thread id: the open_files key. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, __u64);
+} inflight_io SEC(".maps");
+
+/* Descriptors opened on watched paths, by pid << 32 | fd. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct vigil_tracked);
+} open_files SEC(".maps");
+
+/* Connections seen at connect or accept, by socket address. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct vigil_tracked);
+} connections SEC(".maps");
+
+/* Per-CPU scratch space: records and keys are too large for the stack. */
+struct scratch {
+	struct vigil_tracked slot;
+	struct vigil_path_key key;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct scratch);
+} scratch_space SEC(".maps");
+
+/* Tracepoint contexts of syscalls:sys_enter_X and sys_exit_X (see
+ * /sys/kernel/tracing/events/syscalls/sys_enter_openat/format). */
+struct sys_enter_ctx {
+	__u64 common;
+	__s64 nr;
+	__u64 args[6];
+};
+
+struct sys_exit_ctx {
+	__u64 common;
+	__s64 nr;
+	__s64 ret;
+};
+
+/* ---- helpers ----------------------------------------------------------- */
+
+static __always_inline struct scratch *get_scratch(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&scratch_space, &zero);
+}
+
+static __always_inline bool in_mode_scope(__u32 mode, void *found)
+{
+	if (mode == VIGIL_SCOPE_INCLUDE)
+		return found != NULL;
+	if (mode == VIGIL_SCOPE_EXCLUDE)
+		return found == NULL;
+	return true;
+}
+
+/* The task filters: not the collector itself, uid and cgroup scopes. */
+static __always_inline bool task_in_scope(void)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	if (tgid == self_tgid)
+		return false;
+	if (uid_mode != VIGIL_SCOPE_ALL) {
+		__u32 uid = (__u32)bpf_get_current_uid_gid();
+		if (!in_mode_scope(uid_mode, bpf_map_lookup_elem(&scope_uids, &uid)))
+			return false;
+	}
+	if (cgroup_mode != VIGIL_SCOPE_ALL) {
+		__u64 cgroup = bpf_get_current_cgroup_id();
+		if (!in_mode_scope(cgroup_mode, bpf_map_lookup_elem(&scope_cgroups, &cgroup)))
+			return false;
+	}
+	return true;
+}
+
+/* True when the working directory is, or is below, a watched directory. */
+static __always_inline bool cwd_in_scope(void)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct dentry *dentry = BPF_CORE_READ(task, fs, pwd.dentry);
+
+	for (int depth = 0; depth < MAX_DIR_DEPTH && dentry; depth++) {
+		struct vigil_inode_key key = {};
+		key.ino = BPF_CORE_READ(dentry, d_inode, i_ino);
+		key.dev = BPF_CORE_READ(dentry, d_sb, s_dev);
+		if (bpf_map_lookup_elem(&watched_dirs, &key))
+			return true;
+		struct dentry *parent = BPF_CORE_READ(dentry, d_parent);
+		if (parent == dentry)
+			break;
+		dentry = parent;
+	}
+	return false;
+}
+
+/* Copies a user path into dst and says whether it is in the watched scope:
+ * an absolute path under a watched prefix, or a relative path resolved
+ * against a working directory under a watched directory. */
+static __always_inline bool read_path(struct vigil_path_key *key, char *dst, const char *upath,
+				      long dfd)
+{
+	long len = bpf_probe_read_user_str(key->data, sizeof(key->data), upath);
+	if (len <= 1)
+		return false;
+	__builtin_memcpy(dst, key->data, VIGIL_PATH_LEN);
+	if (key->data[0] == '/') {
+		key->prefixlen = (len - 1) * 8;
+		return bpf_map_lookup_elem(&watched_prefixes, key) != NULL;
+	}
+	return watch_relative && dfd == AT_FDCWD && cwd_in_scope();
+}
+
+/* Fills the fields every record carries, from the current task. */
+static __always_inline void fill_header(struct vigil_record *rec, __u32 kind)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u64 uid_gid = bpf_get_current_uid_gid();
+
+	rec->ktime_ns = bpf_ktime_get_ns();
+	rec->cgroup_id = bpf_get_current_cgroup_id();
+	rec->bytes = 0;
+	rec->target = -1;
+	rec->kind = kind;
+	rec->err = 0;
+	rec->pid = pid_tgid >> 32;
+	rec->tid = (__u32)pid_tgid;
+	rec->ppid = BPF_CORE_READ(task, real_parent, tgid);
+	rec->uid = (__u32)uid_gid;
+	rec->gid = uid_gid >> 32;
+	rec->euid = BPF_CORE_READ(task, cred, euid.val);
+	rec->auid = VIGIL_AUID_UNSET;
+	if (bpf_core_field_exists(task->loginuid))
+		rec->auid = BPF_CORE_READ(task, loginuid.val);
+	rec->flags = 0;
+	rec->mode = 0;
+	rec->args_len = 0;
+	rec->family = 0;
+	rec->sport = 0;
+	rec->dport = 0;
+	rec->reserved = 0;
+	__builtin_memset(rec->saddr, 0, sizeof(rec->saddr));
+	__builtin_memset(rec->daddr, 0, sizeof(rec->daddr));
+	bpf_get_current_comm(rec->comm, sizeof(rec->comm));
+}
+
+static __always_inline void count_drop(__u32 kind)
+{
+	__u64 *count = bpf_map_lookup_elem(&drops, &kind);
+	if (count)
+		__sync_fetch_and_add(count, 1);
+}
+
+/* Copies a finished record into the ring buffer, or counts the loss. */
+static __always_inline void emit(const struct vigil_record *src)
+{
+	struct vigil_record *rec = bpf_ringbuf_reserve(&events, sizeof(*rec), 0);
+	if (!rec) {
+		count_drop(src->kind);
+		return;
+	}
+	__builtin_memcpy(rec, src, sizeof(*rec));
+	bpf_ringbuf_submit(rec, 0);
+}
+
+/* Emits a copy of a tracked record with another kind and a byte count. */
+static __always_inline void emit_rollup(const struct vigil_record *src, __u32 kind, __u64 bytes)
+{
+	struct vigil_record *rec = bpf_ringbuf_reserve(&events, sizeof(*rec), 0);
+	if (!rec) {
+		count_drop(kind);
+		return;
+	}
+	__builtin_memcpy(rec, src, sizeof(*rec));
+	rec->kind = kind;
+	rec->bytes = bytes;
+	rec->ktime_ns = bpf_ktime_get_ns();
+	bpf_ringbuf_submit(rec, 0);
+}
+
+/* Stages the scratch record for this thread's syscall exit. */
+static __always_inline int stage(struct scratch *s)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	s->slot.read_bytes = 0;
+	s->slot.write_bytes = 0;
+	bpf_map_update_elem(&inflight, &tid, &s->slot, BPF_ANY);
+	return 0;
+}
+
+/* Prepares a record for a syscall on one or two user paths, when the task
+ * and either path are in scope; NULL otherwise. */
+static __always_inline struct scratch *prepare_paths(__u32 kind, long dfd, const char *upath,
+						     long dfd2, const char *upath2)
+{
+	if (!task_in_scope())
+		return NULL;
+	struct scratch *s = get_scratch();
+	if (!s)
+		return NULL;
+	bool watched = read_path(&s->key, s->slot.rec.path, upath, dfd);
+	s->slot.rec.path2[0] = 0;
+	if (upath2)
+		watched |= read_path(&s->key, s->slot.rec.path2, upath2, dfd2);
+	if (!watched)
+		return NULL;
+	fill_header(&s->slot.rec, kind);
+	return s;
+}
+
+static __always_inline int stage_paths(__u32 kind, long dfd, const char *upath, long dfd2,
+				       const char *upath2)
+{
+	struct scratch *s = prepare_paths(kind, dfd, upath, dfd2, upath2);
+	return s ? stage(s) : 0;
+}
+
+static __always_inline __u64 fd_key(__u64 fd)
+{
+	return (bpf_get_current_pid_tgid() & 0xffffffff00000000ull) | (fd & 0xffffffffull);
+}
+
+/* Stages a syscall on a descriptor if it is a watched one. */
+static __always_inline struct scratch *stage_fd(__u32 kind, __u64 fd)
+{
+	__u64 key = fd_key(fd);
+	struct vigil_tracked *file = bpf_map_lookup_elem(&open_files, &key);
+	if (!file)
+		return NULL;
+	struct scratch *s = get_scratch();
+	if (!s)
+		return NULL;
+	__builtin_memcpy(s->slot.rec.path, file->rec.path, VIGIL_PATH_LEN);
+	s->slot.rec.path2[0] = 0;
+	fill_header(&s->slot.rec, kind);
+	return s;
+}
+
+/* The socket behind a descriptor of the current task. */
+static __always_inline struct sock *sock_of_fd(__u64 fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct file **fds = BPF_CORE_READ(task, files, fdt, fd);
+	struct file *file = NULL;
+	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd & 0xffff]))
+		return NULL;
+	if (!file)
+		return NULL;
+	struct socket *sock = BPF_CORE_READ(file, private_data);
+	if (!sock)
+		return NULL;
+	return BPF_CORE_READ(sock, sk);
+}
+
+/* Local address and port of a socket and, for accepted ones, the remote
+ * side (a connect keeps the destination the caller asked for). */
+static __always_inline void fill_sock(struct vigil_record *rec, struct sock *sk, bool remote)
+{
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	rec->family = family;
+	rec->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	if (family == AF_INET)
+		bpf_core_read(rec->saddr, 4, &sk->__sk_common.skc_rcv_saddr);
+	else if (family == AF_INET6)
+		bpf_core_read(rec->saddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+	if (!remote)
+		return;
+	rec->dport = __builtin_bswap16(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (family == AF_INET)
+		bpf_core_read(rec->daddr, 4, &sk->__sk_common.skc_daddr);
+	else if (family == AF_INET6)
+		bpf_core_read(rec->daddr, 16, &sk->__sk_common.skc_v6_daddr);
+}
+
+/* Finishes this thread's staged syscall with its return value. */
+static __always_inline int finish(__s64 ret)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct vigil_tracked *slot = bpf_map_lookup_elem(&inflight, &tid);
+	if (!slot)
+		return 0;
+	struct vigil_record *rec = &slot->rec;
+	rec->err = ret < 0 ? (__s32)-ret : 0;
+
+	if (rec->kind == VIGIL_KIND_OPEN && ret >= 0) {
+		__u64 key = fd_key(ret);
+		bpf_map_update_elem(&open_files, &key, slot, BPF_ANY);
+	} else if (rec->kind == VIGIL_KIND_CONNECT || rec->kind == VIGIL_KIND_ACCEPT) {
+		/* connect: the socket is the staged descriptor; accept: the new one */
+		__u64 fd = rec->kind == VIGIL_KIND_CONNECT ? (__u64)rec->bytes : (__u64)ret;
+		rec->bytes = 0;
+		struct sock *sk = (rec->kind == VIGIL_KIND_ACCEPT && ret < 0) ? NULL : sock_of_fd(fd);
+		if (sk)
+			fill_sock(rec, sk, rec->kind == VIGIL_KIND_ACCEPT);
+		if (rec->family != AF_INET && rec->family != AF_INET6) {
+			bpf_map_delete_elem(&inflight, &tid);
+			return 0;
+		}
+		/* 115 = EINPROGRESS: a non-blocking connect under way */
+		if (sk && (rec->err == 0 || rec->err == 115)) {
+			__u64 key = (__u64)sk;
+			bpf_map_update_elem(&connections, &key, slot, BPF_ANY);
+		}
+	}
+	emit(rec);
+	bpf_map_delete_elem(&inflight, &tid);
+	return 0;
+}
+
+/* ---- process ----------------------------------------------------------- */
+
+SEC("tracepoint/sched/sched_process_exec")
+int vigil_exec(struct trace_event_raw_sched_process_exec *ctx)
+{
+	if (!task_in_scope())
+		return 0;
+	struct scratch *s = get_scratch();
+	if (!s)
+		return 0;
+	struct vigil_record *rec = &s->slot.rec;
+	fill_header(rec, VIGIL_KIND_EXEC);
+	__u32 offset = ctx->__data_loc_filename & 0xffff;
+	bpf_probe_read_kernel_str(rec->path, sizeof(rec->path), (void *)ctx + offset);
+
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	__u64 start = BPF_CORE_READ(task, mm, arg_start);
+	__u64 end = BPF_CORE_READ(task, mm, arg_end);
+	__u64 len = end > start ? end - start : 0;
+	if (len > VIGIL_PATH_LEN)
+		len = VIGIL_PATH_LEN;
+	rec->args_len = 0;
+	if (len > 0 && bpf_probe_read_user(rec->path2, len, (void *)start) == 0)
+		rec->args_len = len;
+	emit(rec);
+	return 0;
+}
+
+SEC("tracepoint/sched/sched_process_exit")
+int vigil_exit(void *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if ((__u32)pid_tgid != (pid_tgid >> 32)) /* threads other than the leader */
+		return 0;
+	if (!task_in_scope())
+		return 0;
+	struct scratch *s = get_scratch();
+	if (!s)
+		return 0;
+	struct vigil_record *rec = &s->slot.rec;
+	fill_header(rec, VIGIL_KIND_EXIT);
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	rec->target = BPF_CORE_READ(task, exit_code);
+	rec->path[0] = 0;
+	rec->path2[0] = 0;
+	emit(rec);
+	return 0;
+}
+
+/* ---- files ------------------------------------------------------------- */
+
+static __always_inline int stage_open(long dfd, const char *upath, __s32 flags, __u32 mode)
+{
+	struct scratch *s = prepare_paths(VIGIL_KIND_OPEN, dfd, upath, 0, NULL);
+	if (!s)
+		return 0;
+	s->slot.rec.flags = flags;
+	s->slot.rec.mode = mode;
+	return stage(s);
+}
+
+SEC("tracepoint/syscalls/sys_enter_openat")
+int vigil_enter_openat(struct sys_enter_ctx *ctx)
+{
+	return stage_open(ctx->args[0], (const char *)ctx->args[1], ctx->args[2], ctx->args[3]);
+}
+
+SEC("tracepoint/syscalls/sys_enter_open")
+int vigil_enter_open(struct sys_enter_ctx *ctx)
+{
+	return stage_open(AT_FDCWD, (const char *)ctx->args[0], ctx->args[1], ctx->args[2]);
+}
+
+SEC("tracepoint/syscalls/sys_enter_creat")
+int vigil_enter_creat(struct sys_enter_ctx *ctx)
+{
+	/* creat(path, mode) == open(path, O_CREAT | O_WRONLY | O_TRUNC, mode) */
+	return stage_open(AT_FDCWD, (const char *)ctx->args[0], 01101, ctx->args[1]);
+}
+
+SEC("tracepoint/syscalls/sys_enter_openat2")
+int vigil_enter_openat2(struct sys_enter_ctx *ctx)
+{
+	struct open_how how = {};
+	bpf_probe_read_user(&how, sizeof(how), (void *)ctx->args[2]);
+	return stage_open(ctx->args[0], (const char *)ctx->args[1], how.flags, how.mode);
+}
+
+SEC("tracepoint/syscalls/sys_exit_openat")
+int vigil_exit_openat(struct sys_exit_ctx *ctx) { return finish(ctx->ret); }
+
+SEC("tracepoint/syscalls/sys_exit_open")
+int vigil_exit_open(struct sys_exit_ctx *ctx) { return finish(ctx->ret); }
+
+SEC("tracepoint/syscalls/sys_exit_creat")
+int vigil_exit_creat(struct sys_exit_ctx *ctx) { return finish(ctx->ret); }
+
+SEC("tracepoint/syscalls/sys_exit_openat2")
+int vigil_exit_openat2(struct sys_exit_ctx *ctx) { return finish(ctx->ret); }
+
+/* read/write family: remember which watched descriptor this thread is
+ * using; at exit add the bytes moved. Other descriptors cost one lookup. */
+static __always_inline int io_enter(__u64 fd)
+{
+	__u64 key = fd_key(fd);
+	if (!bpf_map_lookup_elem(&open_files, &key))
+		return 0;
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	bpf_map_update_elem(&inflight_io, &tid, &key, BPF_ANY);
+	return 0;
+}
+
+static __always_inline int io_exit(__s64 ret, bool is_write)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	__u64 *key = bpf_map_lookup_elem(&inflight_io, &tid);
+	if (!key)
+		return 0;
+	struct vigil_tracked *file = bpf_map_lookup_elem(&open_files, key);
+	if (file && ret > 0) {
+		if (is_write)
+			__sync_fetch_and_add(&file->write_bytes, ret);
+		else
+			__sync_fetch_and_add(&file->read_bytes, ret);
+	}
+	bpf_map_delete_elem(&inflight_io, &tid);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_read")
+int vigil_enter_read(struct sys_enter_ctx *ctx) { return io_enter(ctx->args[0]); }
+SEC("tracepoint/syscalls/sys_exit_read")
+int vigil_exit_read(struct sys_exit_ctx *ctx) { return io_exit(ctx->ret, false); }
+SEC("tracepoint/syscalls/sys_enter_pread64")
+int vigil_enter_pread64(struct sys_enter_ctx *ctx) { return io_enter(ctx->args[0]); }
+SEC("tracepoint/syscalls/sys_exit_pread64")
+int vigil_exit_pread64(struct sys_exit_ctx *ctx) { return io_exit(ctx->ret, false); }
+SEC("tracepoint/syscalls/sys_enter_readv")
+int vigil_enter_readv(struct sys_enter_ctx *ctx) { return io_enter(ctx->args[0]); }
+SEC("tracepoint/syscalls/sys_exit_readv")
+int vigil_exit_readv(struct sys_exit_ctx *ctx) { return io_exit(ctx->ret, false); }
+SEC("tracepoint/syscalls/sys_enter_write")
+int vigil_enter_write(struct sys_enter_ctx *ctx) { return io_enter(ctx->args[0]); }
+SEC("tracepoint/syscalls/sys_exit_write")
+int vigil_exit_write(struct sys_exit_ctx *ctx) { return io_exit(ctx->ret, true); }
+SEC("tracepoint/syscalls/sys_enter_pwrite64")
+int vigil_enter_pwrite64(struct sys_enter_ctx *ctx) { return io_enter(ctx->args[0]); }
+SEC("tracepoint/syscalls/sys_exit_pwrite64")
+int vigil_exit_pwrite64(struct sys_exit_ctx *ctx) { return io_exit(ctx->ret, true); }
+SEC("tracepoint/syscalls/sys_enter_writev")
+int vigil_enter_writev(struct sys_enter_ctx *ctx) { return io_enter(ctx->args[0]); }
+SEC("tracepoint/syscalls/sys_exit_writev")
+int vigil_exit_writev(struct sys_exit_ctx *ctx) { return io_exit(ctx->ret, true); }
+
+/* close of a watched descriptor: emit its read and write roll-ups. */
+SEC("tracepoint/syscalls/sys_enter_close")
+int vigil_enter_close(struct sys_enter_ctx *ctx)
+{
+	__u64 key = fd_key(ctx->args[0]);
+	struct vigil_tracked *file = bpf_map_lookup_elem(&open_files, &key);
+	if (!file)
+		return 0;
+	if (file->read_bytes)
+		emit_rollup(&file->rec, VIGIL_KIND_READ, file->read_bytes);
+	if (file->write_bytes)
+		emit_rollup(&file->rec, VIGIL_KIND_WRITE, file->write_bytes);
+	bpf_map_delete_elem(&open_files, &key);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_rename")
+int vigil_enter_rename(struct sys_enter_ctx *ctx)
+{
+	return stage_paths(VIGIL_KIND_RENAME, AT_FDCWD, (const char *)ctx->args[0], AT_FDCWD,
+			   (const char *)ctx->args[1]);
+}
+
+SEC("tracepoint/syscalls/sys_enter_renameat")
+int vigil_enter_renameat(struct sys_enter_ctx *ctx)
+{
+	return stage_paths(VIGIL_KIND_RENAME, ctx->args[0], (const char *)ctx->args[1],
+			   ctx->args[2], (const char *)ctx->args[3]);
+}
+
+SEC("tracepoint/syscalls/sys_enter_renameat2")
+int vigil_enter_renameat2(struct sys_enter_ctx *ctx)
+{
+	return stage_paths(VIGIL_KIND_RENAME, ctx->args[0], (const char *)ctx->args[1],
+			   ctx->args[2], (const char *)ctx->args[3]);
+}
+
+SEC("tracepoint/syscalls/sys_enter_unlink")
+int vigil_enter_unlink(struct sys_enter_ctx *ctx)
+{
+	return stage_paths(VIGIL_KIND_UNLINK, AT_FDCWD, (const char *)ctx->args[0], 0, NULL);
+}
+
+SEC("tracepoint/syscalls/sys_enter_unlinkat")
+int vigil_enter_unlinkat(struct sys_enter_ctx *ctx)
+{
+	return stage_paths(VIGIL_KIND_UNLINK, ctx->args[0], (const char *)ctx->args[1], 0, NULL);
+}
+
+SEC("tracepoint/syscalls/sys_enter_truncate")
+int vigil_enter_truncate(struct sys_enter_ctx *ctx)
+{
+	return stage_paths(VIGIL_KIND_TRUNCATE, AT_FDCWD, (const char *)ctx->args[0], 0, NULL);
+}
+
+SEC("tracepoint/syscalls/sys_enter_ftruncate")
+int vigil_enter_ftruncate(struct sys_enter_ctx *ctx)
+{
+	if (!task_in_scope())
+		return 0;
+	struct scratch *s = stage_fd(VIGIL_KIND_TRUNCATE, ctx->args[0]);
+	return s ? stage(s) : 0;
+}
+
+static __always_inline int stage_chmod(long dfd, const char *upath, __u32 mode)
+{
+	struct scratch *s = prepare_paths(VIGIL_KIND_CHMOD, dfd, upath, 0, NULL);
+	if (!s)
+		return 0;
+	s->slot.rec.mode = mode;
+	return stage(s);
+}
+
+SEC("tracepoint/syscalls/sys_enter_chmod")
+int vigil_enter_chmod(struct sys_enter_ctx *ctx)
+{
+	return stage_chmod(AT_FDCWD, (const char *)ctx->args[0], ctx->args[1]);
+}
+
+SEC("tracepoint/syscalls/sys_enter_fchmodat")
+int vigil_enter_fchmodat(struct sys_enter_ctx *ctx)
+{
+	return stage_chmod(ctx->args[0], (const char *)ctx->args[1], ctx->args[2]);
+}
+
+SEC("tracepoint/syscalls/sys_enter_fchmodat2")
+int vigil_enter_fchmodat2(struct sys_enter_ctx *ctx)
+{
+	return stage_chmod(ctx->args[0], (const char *)ctx->args[1], ctx->args[2]);
+}
+
+SEC("tracepoint/syscalls/sys_enter_fchmod")
+int vigil_enter_fchmod(struct sys_enter_ctx *ctx)
+{
+	if (!task_in_scope())
+		return 0;
+	struct scratch *s = stage_fd(VIGIL_KIND_CHMOD, ctx->args[0]);
+	if (!s)
+		return 0;
+	s->slot.rec.mode = ctx->args[1];
+	return stage(s);
+}
+
+static __always_inline int stage_chown(long dfd, const char *upath, __s64 uid, __s64 gid)
+{
+	struct scratch *s = prepare_paths(VIGIL_KIND_CHOWN, dfd, upath, 0, NULL);
+	if (!s)
+		return 0;
+	/* target: the new owner uid; mode carries the new group (-1: unchanged) */
+	s->slot.rec.target = (__s32)uid;
+	s->slot.rec.mode = (__u32)gid;
+	return stage(s);
+}
+
+SEC("tracepoint/syscalls/sys_enter_chown")
+int vigil_enter_chown(struct sys_enter_ctx *ctx)
+{
+	return stage_chown(AT_FDCWD, (const char *)ctx->args[0], ctx->args[1], ctx->args[2]);
+}
+
+SEC("tracepoint/syscalls/sys_enter_lchown")
+int vigil_enter_lchown(struct sys_enter_ctx *ctx)
+{
+	return stage_chown(AT_FDCWD, (const char *)ctx->args[0], ctx->args[1], ctx->args[2]);
+}
+
+SEC("tracepoint/syscalls/sys_enter_fchownat")
+int vigil_enter_fchownat(struct sys_enter_ctx *ctx)
+{
+	return stage_chown(ctx->args[0], (const char *)ctx->args[1], ctx->args[2], ctx->args[3]);
+}
+
+SEC("tracepoint/syscalls/sys_enter_fchown")
+int vigil_enter_fchown(struct sys_enter_ctx *ctx)
+{
+	if (!task_in_scope())
+		return 0;
+	struct scratch *s = stage_fd(VIGIL_KIND_CHOWN, ctx->args[0]);
+	if (!s)
+		return 0;
+	s->slot.rec.target = (__s32)ctx->args[1];
+	s->slot.rec.mode = (__u32)ctx->args[2];
+	return stage(s);
+}
+
+/* One exit handler per syscall above that stages a record. */
+#define FINISH(name)                                                  \
+	SEC("tracepoint/syscalls/sys_exit_" #name)                     \
+	int vigil_exit_##name(struct sys_exit_ctx *ctx) { return finish(ctx->ret); }
+
+FINISH(rename)
+FINISH(renameat)
+FINISH(renameat2)
+FINISH(unlink)
+FINISH(unlinkat)
+FINISH(truncate)
+FINISH(ftruncate)
+FINISH(chmod)
+FINISH(fchmodat)
+FINISH(fchmodat2)
+FINISH(fchmod)
+FINISH(chown)
+FINISH(lchown)
+FINISH(fchownat)
+FINISH(fchown)
+
+/* ---- network ----------------------------------------------------------- */
+
+SEC("tracepoint/syscalls/sys_enter_connect")
+int vigil_enter_connect(struct sys_enter_ctx *ctx)
+{
+	if (!task_in_scope())
+		return 0;
+	const void *uaddr = (const void *)ctx->args[1];
+	__u16 family = 0;
+	if (bpf_probe_read_user(&family, sizeof(family), uaddr))
+		return 0;
+	if (family != AF_INET && family != AF_INET6)
+		return 0;
+	struct scratch *s = get_scratch();
+	if (!s)
+		return 0;
+	struct vigil_record *rec = &s->slot.rec;
+	fill_header(rec, VIGIL_KIND_CONNECT);
+	rec->path[0] = 0;
+	rec->path2[0] = 0;
+	rec->family = family;
+	rec->bytes = ctx->args[0]; /* the socket's descriptor, until exit */
+	__u16 port = 0;
+	if (family == AF_INET) {
+		struct sockaddr_in sin = {};
+		bpf_probe_read_user(&sin, sizeof(sin), uaddr);
+		port = sin.sin_port;
+		__builtin_memcpy(rec->daddr, &sin.sin_addr, 4);
+	} else {
+		struct sockaddr_in6 sin6 = {};
+		bpf_probe_read_user(&sin6, sizeof(sin6), uaddr);
+		port = sin6.sin6_port;
+		__builtin_memcpy(rec->daddr, &sin6.sin6_addr, 16);
+	}
+	rec->dport = __builtin_bswap16(port);
+	return stage(s);
+}
+
+static __always_inline int stage_accept(void)
+{
+	if (!task_in_scope())
+		return 0;
+	struct scratch *s = get_scratch();
+	if (!s)
+		return 0;
+	fill_header(&s->slot.rec, VIGIL_KIND_ACCEPT);
+	s->slot.rec.path[0] = 0;
+	s->slot.rec.path2[0] = 0;
+	return stage(s);
+}
+
+SEC("tracepoint/syscalls/sys_enter_accept")
+int vigil_enter_accept(void *ctx) { return stage_accept(); }
+SEC("tracepoint/syscalls/sys_enter_accept4")
+int vigil_enter_accept4(void *ctx) { return stage_accept(); }
+
+FINISH(connect)
+FINISH(accept)
+FINISH(accept4)
+
+/* A traced connection closes: one send and one receive roll-up, from the
+ * socket's own counters, instead of a record per send() or recv(). */
+SEC("tracepoint/sock/inet_sock_set_state")
+int vigil_sock_state(struct trace_event_raw_inet_sock_set_state *ctx)
+{
+	if (ctx->newstate != TCP_CLOSE_STATE)
+		return 0;
+	__u64 key = (__u64)ctx->skaddr;
+	struct vigil_tracked *conn = bpf_map_lookup_elem(&connections, &key);
+	if (!conn)
+		return 0;
+	struct tcp_sock *tp = (struct tcp_sock *)ctx->skaddr;
+	__u64 sent = BPF_CORE_READ(tp, bytes_sent);
+	__u64 received = BPF_CORE_READ(tp, bytes_received);
+	/* bytes_received counts the peer's FIN as one byte (rcv_nxt moves
+	 * past it): take it off when one was received (RCV_SHUTDOWN). */
+	__u8 shutdown = BPF_CORE_READ(tp, inet_conn.icsk_inet.sk.sk_shutdown);
+	if ((shutdown & RCV_SHUTDOWN_BIT) && received)
+		received -= 1;
+	if (sent)
+		emit_rollup(&conn->rec, VIGIL_KIND_SEND, sent);
+	if (received)
+		emit_rollup(&conn->rec, VIGIL_KIND_RECV, received);
+	bpf_map_delete_elem(&connections, &key);
+	return 0;
+}
+
+/* ---- privilege --------------------------------------------------------- */
+
+static __always_inline int stage_id_change(__u32 kind, __s64 target)
+{
+	if (!task_in_scope())
+		return 0;
+	struct scratch *s = get_scratch();
+	if (!s)
+		return 0;
+	fill_header(&s->slot.rec, kind);
+	s->slot.rec.path[0] = 0;
+	s->slot.rec.path2[0] = 0;
+	s->slot.rec.target = target;
+	return stage(s);
+}
+
+/* setre*id / setres*id: the new effective id, or the real one when the
+ * effective is left unchanged (-1). */
+static __always_inline __s64 effective_or_real(__u64 real, __u64 effective)
+{
+	return (__s32)effective != -1 ? (__s32)effective : (__s32)real;
+}
+
+SEC("tracepoint/syscalls/sys_enter_setuid")
+int vigil_enter_setuid(struct sys_enter_ctx *ctx)
+{
+	return stage_id_change(VIGIL_KIND_SETUID, (__s32)ctx->args[0]);
+}
+
+SEC("tracepoint/syscalls/sys_enter_setreuid")
+int vigil_enter_setreuid(struct sys_enter_ctx *ctx)
+{
+	return stage_id_change(VIGIL_KIND_SETUID, effective_or_real(ctx->args[0], ctx->args[1]));
+}
+
+SEC("tracepoint/syscalls/sys_enter_setresuid")
+int vigil_enter_setresuid(struct sys_enter_ctx *ctx)
+{
+	return stage_id_change(VIGIL_KIND_SETUID, effective_or_real(ctx->args[0], ctx->args[1]));
+}
+
+SEC("tracepoint/syscalls/sys_enter_setgid")
+int vigil_enter_setgid(struct sys_enter_ctx *ctx)
+{
+	return stage_id_change(VIGIL_KIND_SETGID, (__s32)ctx->args[0]);
+}
+
+SEC("tracepoint/syscalls/sys_enter_setregid")
+int vigil_enter_setregid(struct sys_enter_ctx *ctx)
+{
+	return stage_id_change(VIGIL_KIND_SETGID, effective_or_real(ctx->args[0], ctx->args[1]));
+}
+
+SEC("tracepoint/syscalls/sys_enter_setresgid")
+int vigil_enter_setresgid(struct sys_enter_ctx *ctx)
+{
+	return stage_id_change(VIGIL_KIND_SETGID, effective_or_real(ctx->args[0], ctx->args[1]));
+}
+
+SEC("tracepoint/syscalls/sys_enter_capset")
+int vigil_enter_capset(struct sys_enter_ctx *ctx)
+{
+	/* struct __user_cap_data_struct[2]: effective, permitted, inheritable */
+	__u32 data[6] = {};
+	bpf_probe_read_user(data, sizeof(data), (void *)ctx->args[1]);
+	__s64 effective = (__s64)(((__u64)data[3] << 32) | data[0]);
+	return stage_id_change(VIGIL_KIND_CAPSET, effective);
+}
+
+FINISH(setuid)
+FINISH(setreuid)
+FINISH(setresuid)
+FINISH(setgid)
+FINISH(setregid)
+FINISH(setresgid)
+FINISH(capset)

@@ -1,0 +1,329 @@
+//! Configuration: command-line flags and `VIGIL_*` environment variables
+//! (clap), an optional TOML file, and built-in defaults.
+//!
+//! Precedence, lowest first: defaults < file < environment < flags. Every
+//! flag is an `Option` so that "not given" is visible, and the merge takes
+//! the first value present in flag/environment (clap resolves those two),
+//! then the file, then the default.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// Vigil's node collector: watches PHI access at the system-call boundary
+/// with eBPF and publishes one Avro event per observation to Kafka.
+///
+/// File opens (with flags and outcome), read and write byte totals per open
+/// file, renames, unlinks, truncates, chmod and chown are reported for paths
+/// under the watched prefixes only; execs, exits, TCP connects and accepts
+/// (with per-connection byte totals) and uid/gid/capability changes are
+/// reported for every process in the uid and cgroup scope. Needs root, or
+/// CAP_BPF and CAP_PERFMON.
+#[derive(Debug, Clone, Default, Parser)]
+#[command(name = "collector", version)]
+pub struct Args {
+    /// TOML file with any of the settings below (snake_case keys).
+    /// Environment variables and flags override it.
+    #[arg(long, env = "VIGIL_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Kafka bootstrap servers. Default 127.0.0.1:9092.
+    #[arg(long, env = "VIGIL_BROKERS", value_name = "HOST:PORT,...")]
+    pub brokers: Option<String>,
+
+    /// Topic events are published to. Default vigil.events.v1.
+    #[arg(long, env = "VIGIL_EVENTS_TOPIC", value_name = "TOPIC")]
+    pub topic: Option<String>,
+
+    /// Watched PHI path prefixes (directories), comma-separated or repeated.
+    /// Default /phi.
+    #[arg(
+        long = "watch",
+        env = "VIGIL_WATCH",
+        value_delimiter = ',',
+        value_name = "DIR"
+    )]
+    pub watch: Option<Vec<PathBuf>>,
+
+    /// Report only these uids (comma-separated). Exclusive with --exclude-uids.
+    #[arg(
+        long,
+        env = "VIGIL_INCLUDE_UIDS",
+        value_delimiter = ',',
+        value_name = "UID"
+    )]
+    pub include_uids: Option<Vec<u32>>,
+
+    /// Report every uid but these (comma-separated).
+    #[arg(
+        long,
+        env = "VIGIL_EXCLUDE_UIDS",
+        value_delimiter = ',',
+        value_name = "UID"
+    )]
+    pub exclude_uids: Option<Vec<u32>>,
+
+    /// Report only tasks in these cgroup v2 directories (e.g.
+    /// /sys/fs/cgroup/system.slice/ehr.service). Exclusive with
+    /// --exclude-cgroups.
+    #[arg(
+        long,
+        env = "VIGIL_INCLUDE_CGROUPS",
+        value_delimiter = ',',
+        value_name = "DIR"
+    )]
+    pub include_cgroups: Option<Vec<PathBuf>>,
+
+    /// Report every task but those in these cgroup v2 directories.
+    #[arg(
+        long,
+        env = "VIGIL_EXCLUDE_CGROUPS",
+        value_delimiter = ',',
+        value_name = "DIR"
+    )]
+    pub exclude_cgroups: Option<Vec<PathBuf>>,
+
+    /// Kernel ring buffer size in bytes (a power of two, at least one page).
+    /// Default 8 MiB.
+    #[arg(long, env = "VIGIL_RINGBUF_BYTES", value_name = "BYTES")]
+    pub ringbuf_bytes: Option<u32>,
+
+    /// Events held in memory while the broker is slow or down; beyond it,
+    /// events are dropped and reported as a gap. Default 100000.
+    #[arg(long, env = "VIGIL_QUEUE_CAPACITY", value_name = "EVENTS")]
+    pub queue_capacity: Option<usize>,
+
+    /// How often kernel drop counters are read and the backlog reported.
+    /// Default 1s.
+    #[arg(long, env = "VIGIL_STATS_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub stats_interval: Option<Duration>,
+
+    /// How long shutdown waits for the broker to take queued events.
+    /// Default 10s.
+    #[arg(long, env = "VIGIL_FLUSH_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub flush_timeout: Option<Duration>,
+
+    /// Host name on events. Default: the kernel's host name.
+    #[arg(long, env = "VIGIL_HOST", value_name = "NAME")]
+    pub host: Option<String>,
+}
+
+/// The TOML file: the same settings, all optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub brokers: Option<String>,
+    pub topic: Option<String>,
+    pub watch: Option<Vec<PathBuf>>,
+    pub include_uids: Option<Vec<u32>>,
+    pub exclude_uids: Option<Vec<u32>>,
+    pub include_cgroups: Option<Vec<PathBuf>>,
+    pub exclude_cgroups: Option<Vec<PathBuf>>,
+    pub ringbuf_bytes: Option<u32>,
+    pub queue_capacity: Option<usize>,
+    #[serde(default, with = "humantime_opt")]
+    pub stats_interval: Option<Duration>,
+    #[serde(default, with = "humantime_opt")]
+    pub flush_timeout: Option<Duration>,
+    pub host: Option<String>,
+}
+
+mod humantime_opt {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text: Option<String> = Option::deserialize(d)?;
+        text.map(|t| humantime::parse_duration(&t).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// Which uids or cgroups are reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope<T> {
+    All,
+    Only(Vec<T>),
+    AllBut(Vec<T>),
+}
+
+/// The merged configuration the collector runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub brokers: String,
+    pub topic: String,
+    pub watch: Vec<PathBuf>,
+    pub uids: Scope<u32>,
+    pub cgroups: Scope<PathBuf>,
+    pub ringbuf_bytes: u32,
+    pub queue_capacity: usize,
+    pub stats_interval: Duration,
+    pub flush_timeout: Duration,
+    pub host: Option<String>,
+}
+
+impl Config {
+    /// Merges flags and environment (`args`) over the file named by
+    /// `args.config` over the defaults.
+    pub fn load(args: Args) -> Result<Config> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        Config::merge(args, file)
+    }
+
+    fn merge(args: Args, file: FileConfig) -> Result<Config> {
+        let uids = scope(
+            "uids",
+            args.include_uids.or(file.include_uids),
+            args.exclude_uids.or(file.exclude_uids),
+        )?;
+        let cgroups = scope(
+            "cgroups",
+            args.include_cgroups.or(file.include_cgroups),
+            args.exclude_cgroups.or(file.exclude_cgroups),
+        )?;
+        let ringbuf_bytes = args.ringbuf_bytes.or(file.ringbuf_bytes).unwrap_or(8 << 20);
+        if !ringbuf_bytes.is_power_of_two() || ringbuf_bytes < 4096 {
+            return Err(Error::Setting(format!(
+                "ringbuf_bytes {ringbuf_bytes} must be a power of two of at least 4096"
+            )));
+        }
+        let watch = args
+            .watch
+            .or(file.watch)
+            .unwrap_or_else(|| vec![PathBuf::from("/phi")]);
+        if let Some(relative) = watch.iter().find(|path| !path.is_absolute()) {
+            return Err(Error::Setting(format!(
+                "watched path {} must be absolute",
+                relative.display()
+            )));
+        }
+        Ok(Config {
+            brokers: args
+                .brokers
+                .or(file.brokers)
+                .unwrap_or_else(|| "127.0.0.1:9092".to_owned()),
+            topic: args
+                .topic
+                .or(file.topic)
+                .unwrap_or_else(|| vigil_schemas::topics::EVENTS.to_owned()),
+            watch,
+            uids,
+            cgroups,
+            ringbuf_bytes,
+            queue_capacity: args
+                .queue_capacity
+                .or(file.queue_capacity)
+                .unwrap_or(100_000)
+                .max(1),
+            stats_interval: args
+                .stats_interval
+                .or(file.stats_interval)
+                .unwrap_or(Duration::from_secs(1)),
+            flush_timeout: args
+                .flush_timeout
+                .or(file.flush_timeout)
+                .unwrap_or(Duration::from_secs(10)),
+            host: args.host.or(file.host),
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    toml::from_str(&text).map_err(|e| Error::Config {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+fn scope<T>(what: &str, include: Option<Vec<T>>, exclude: Option<Vec<T>>) -> Result<Scope<T>> {
+    match (include, exclude) {
+        (Some(_), Some(_)) => Err(Error::Setting(format!(
+            "include_{what} and exclude_{what} cannot both be set"
+        ))),
+        (Some(only), None) => Ok(Scope::Only(only)),
+        (None, Some(but)) => Ok(Scope::AllBut(but)),
+        (None, None) => Ok(Scope::All),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(text: &str) -> FileConfig {
+        toml::from_str(text).expect("valid test TOML")
+    }
+
+    #[test]
+    fn defaults_apply_when_nothing_is_given() {
+        let config = Config::merge(Args::default(), FileConfig::default()).expect("valid");
+        assert_eq!(config.brokers, "127.0.0.1:9092");
+        assert_eq!(config.topic, "vigil.events.v1");
+        assert_eq!(config.watch, vec![PathBuf::from("/phi")]);
+        assert_eq!(config.uids, Scope::All);
+        assert_eq!(config.ringbuf_bytes, 8 << 20);
+        assert_eq!(config.stats_interval, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn file_overrides_defaults_and_flags_override_file() {
+        let from_file = file(
+            r#"
+            brokers = "kafka-1:9092"
+            topic = "file.topic"
+            watch = ["/srv/ehr", "/var/lib/pacs"]
+            exclude_uids = [998]
+            stats_interval = "250ms"
+            "#,
+        );
+        let args = Args::parse_from(["collector", "--topic", "flag.topic"]);
+        let config = Config::merge(args, from_file).expect("valid");
+        assert_eq!(config.brokers, "kafka-1:9092");
+        assert_eq!(config.topic, "flag.topic");
+        assert_eq!(
+            config.watch,
+            vec![PathBuf::from("/srv/ehr"), PathBuf::from("/var/lib/pacs")]
+        );
+        assert_eq!(config.uids, Scope::AllBut(vec![998]));
+        assert_eq!(config.stats_interval, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let error = toml::from_str::<FileConfig>("brokers = \"a\"\nwatchh = [\"/x\"]\n")
+            .expect_err("typo must be refused");
+        assert!(error.to_string().contains("watchh"), "{error}");
+    }
+
+    #[test]
+    fn include_and_exclude_together_are_refused() {
+        let args = Args::parse_from(["collector", "--include-uids", "1", "--exclude-uids", "2"]);
+        let error = Config::merge(args, FileConfig::default()).expect_err("conflict");
+        assert!(error.to_string().contains("cannot both be set"), "{error}");
+    }
+
+    #[test]
+    fn ring_buffer_size_must_be_a_power_of_two() {
+        let args = Args::parse_from(["collector", "--ringbuf-bytes", "5000"]);
+        assert!(Config::merge(args, FileConfig::default()).is_err());
+    }
+
+    #[test]
+    fn repeated_and_comma_separated_watch_flags_combine() {
+        let args = Args::parse_from(["collector", "--watch", "/a,/b", "--watch", "/c"]);
+        let config = Config::merge(args, FileConfig::default()).expect("valid");
+        assert_eq!(config.watch.len(), 3);
+    }
+}

@@ -1,0 +1,298 @@
+//! Loading the kernel programs: privilege check, tracefs, the eBPF object
+//! with its globals, and attaching every program to its tracepoint.
+//!
+//! Programs are named for their tracepoint (`vigil.bpf.c`):
+//! `vigil_enter_X` → `syscalls:sys_enter_X`, `vigil_exit_X` →
+//! `syscalls:sys_exit_X`, `vigil_exec`/`vigil_exit` →
+//! `sched:sched_process_exec|exit`, `vigil_sock_state` →
+//! `sock:inet_sock_set_state`. A syscall this kernel does not have (e.g.
+//! `open` on arm64) is skipped with a warning.
+
+use std::path::Path;
+
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::programs::TracePoint;
+use aya::{Ebpf, EbpfLoader};
+use tracing::{debug, info, warn};
+
+use crate::config::{Config, Scope};
+use crate::error::{Error, Result};
+use crate::record::layout;
+use crate::scope;
+
+/// The compiled kernel programs (built by `build.rs`).
+static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/vigil.bpf.o"));
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// Says which capability is missing when this process cannot load eBPF
+/// tracing programs: CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN.
+pub fn check_capabilities() -> Result<()> {
+    let status = std::fs::read_to_string("/proc/self/status")
+        .map_err(|e| Error::io("reading /proc/self/status", e))?;
+    let effective = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |cap: u32| effective & (1u64 << cap) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        return Ok(());
+    }
+    let missing: Vec<&str> = [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
+        .into_iter()
+        .filter(|(cap, _)| !has(*cap))
+        .map(|(_, name)| name)
+        .collect();
+    Err(Error::MissingCapability {
+        missing: format!("{} (or CAP_SYS_ADMIN)", missing.join(" and ")),
+    })
+}
+
+/// Mounts tracefs at /sys/kernel/tracing when no tracefs is visible: aya
+/// looks tracepoint ids up there.
+pub fn ensure_tracefs() -> Result<()> {
+    let mounted = [
+        "/sys/kernel/tracing/events",
+        "/sys/kernel/debug/tracing/events",
+    ]
+    .iter()
+    .any(|dir| Path::new(dir).join("syscalls").is_dir());
+    if mounted {
+        return Ok(());
+    }
+    info!(target = "/sys/kernel/tracing", "Mounting tracefs");
+    nix::mount::mount(
+        Some("nodev"),
+        "/sys/kernel/tracing",
+        Some("tracefs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|source| Error::Mount {
+        what: "tracefs",
+        target: "/sys/kernel/tracing",
+        hint: "mount -t tracefs nodev /sys/kernel/tracing",
+        source,
+    })
+}
+
+/// The loaded and attached programs. Dropping it detaches them.
+#[derive(Debug)]
+pub struct Probes {
+    ebpf: Ebpf,
+    attached: usize,
+}
+
+impl Probes {
+    /// Loads the object with this process excluded and the scope modes set,
+    /// fills the scope maps, then loads and attaches every program.
+    pub fn load(config: &Config) -> Result<Probes> {
+        let self_tgid = std::process::id();
+        let uid_mode = scope_mode(&config.uids);
+        let cgroup_mode = scope_mode(&config.cgroups);
+        let watch_relative: u32 = 1;
+        let mut ebpf = EbpfLoader::new()
+            .override_global("self_tgid", &self_tgid, true)
+            .override_global("uid_mode", &uid_mode, true)
+            .override_global("cgroup_mode", &cgroup_mode, true)
+            .override_global("watch_relative", &watch_relative, true)
+            .map_max_entries("events", config.ringbuf_bytes)
+            .load(OBJECT)
+            .map_err(|e| Error::Load(Box::new(e)))?;
+
+        scope::fill(&mut ebpf, config)?;
+
+        let names: Vec<String> = ebpf.programs().map(|(name, _)| name.to_owned()).collect();
+        let mut attached = 0;
+        for name in names {
+            let Some((category, tracepoint)) = tracepoint_of(&name) else {
+                warn!(program = %name, "Program with no tracepoint by its name; not attached");
+                continue;
+            };
+            if !tracepoint_exists(category, &tracepoint) {
+                warn!(program = %name, %category, %tracepoint, "Tracepoint not on this kernel; skipped");
+                continue;
+            }
+            let program: &mut TracePoint = ebpf
+                .program_mut(&name)
+                .ok_or_else(|| Error::Setting(format!("program {name} vanished")))?
+                .try_into()
+                .map_err(|e| program_error(&name, e))?;
+            program.load().map_err(|e| program_error(&name, e))?;
+            program
+                .attach(category, &tracepoint)
+                .map_err(|e| program_error(&name, e))?;
+            debug!(program = %name, %category, %tracepoint, "Attached");
+            attached += 1;
+        }
+        Ok(Probes { ebpf, attached })
+    }
+
+    /// How many programs are attached.
+    pub fn attached(&self) -> usize {
+        self.attached
+    }
+
+    /// The ring buffer the programs write records into.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map("events")
+            .ok_or(Error::MissingMap("events"))?;
+        RingBuf::try_from(map).map_err(|e| map_error("events", e))
+    }
+
+    /// The per-CPU, per-kind counters of failed ring-buffer reservations.
+    pub fn take_drops(&mut self) -> Result<DropCounters> {
+        let map = self
+            .ebpf
+            .take_map("drops")
+            .ok_or(Error::MissingMap("drops"))?;
+        let counters = PerCpuArray::try_from(map).map_err(|e| map_error("drops", e))?;
+        Ok(DropCounters {
+            counters,
+            seen: vec![0; layout::KIND_MAX as usize],
+        })
+    }
+}
+
+/// Kernel drop counters and what has been reported of them so far.
+pub struct DropCounters {
+    counters: PerCpuArray<MapData, u64>,
+    seen: Vec<u64>,
+}
+
+impl std::fmt::Debug for DropCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DropCounters")
+            .field("seen", &self.seen)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DropCounters {
+    /// New drops since the last call, as (kernel kind, count).
+    pub fn new_drops(&mut self) -> Result<Vec<(u32, u64)>> {
+        let mut fresh = Vec::new();
+        for kind in 0..layout::KIND_MAX {
+            let per_cpu = self
+                .counters
+                .get(&kind, 0)
+                .map_err(|e| map_error("drops", e))?;
+            let total: u64 = per_cpu.iter().sum();
+            let seen = &mut self.seen[kind as usize];
+            if total > *seen {
+                fresh.push((kind, total - *seen));
+                *seen = total;
+            }
+        }
+        Ok(fresh)
+    }
+
+    /// Every drop counted since the programs were loaded.
+    pub fn total(&self) -> u64 {
+        self.seen.iter().sum()
+    }
+}
+
+fn scope_mode<T>(scope: &Scope<T>) -> u32 {
+    match scope {
+        Scope::All => layout::SCOPE_ALL,
+        Scope::Only(_) => layout::SCOPE_INCLUDE,
+        Scope::AllBut(_) => layout::SCOPE_EXCLUDE,
+    }
+}
+
+/// The tracepoint a program attaches to, from its name.
+pub fn tracepoint_of(program: &str) -> Option<(&'static str, String)> {
+    match program {
+        "vigil_exec" => Some(("sched", "sched_process_exec".to_owned())),
+        "vigil_exit" => Some(("sched", "sched_process_exit".to_owned())),
+        "vigil_sock_state" => Some(("sock", "inet_sock_set_state".to_owned())),
+        _ => {
+            if let Some(syscall) = program.strip_prefix("vigil_enter_") {
+                Some(("syscalls", format!("sys_enter_{syscall}")))
+            } else {
+                program
+                    .strip_prefix("vigil_exit_")
+                    .map(|syscall| ("syscalls", format!("sys_exit_{syscall}")))
+            }
+        }
+    }
+}
+
+fn tracepoint_exists(category: &str, name: &str) -> bool {
+    [
+        "/sys/kernel/tracing/events",
+        "/sys/kernel/debug/tracing/events",
+    ]
+    .iter()
+    .any(|root| Path::new(root).join(category).join(name).is_dir())
+}
+
+fn program_error(name: &str, error: aya::programs::ProgramError) -> Error {
+    Error::Program {
+        program: name.to_owned(),
+        source: Box::new(error),
+    }
+}
+
+fn map_error(map: &'static str, error: aya::maps::MapError) -> Error {
+    Error::Map {
+        map,
+        source: Box::new(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn program_names_map_to_their_tracepoints() {
+        assert_eq!(
+            tracepoint_of("vigil_enter_openat"),
+            Some(("syscalls", "sys_enter_openat".to_owned()))
+        );
+        assert_eq!(
+            tracepoint_of("vigil_exit_openat"),
+            Some(("syscalls", "sys_exit_openat".to_owned()))
+        );
+        assert_eq!(
+            tracepoint_of("vigil_exit"),
+            Some(("sched", "sched_process_exit".to_owned()))
+        );
+        assert_eq!(tracepoint_of("helper"), None);
+    }
+
+    #[test]
+    fn the_object_never_attaches_to_raw_syscalls() {
+        let object = aya_obj_names();
+        assert!(!object.is_empty(), "the object has programs");
+        for name in object {
+            let (category, _) = tracepoint_of(&name)
+                .unwrap_or_else(|| panic!("program {name} has no tracepoint by its name"));
+            assert_ne!(category, "raw_syscalls", "{name}");
+        }
+    }
+
+    /// Program names in the compiled object, read from its symbol names in
+    /// the ELF string table (no kernel needed).
+    fn aya_obj_names() -> Vec<String> {
+        let text = String::from_utf8_lossy(OBJECT);
+        let mut names: Vec<String> = text
+            .split('\0')
+            .filter(|s| {
+                (s.starts_with("vigil_enter_") || s.starts_with("vigil_exit") || *s == "vigil_exec")
+                    && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            })
+            .map(str::to_owned)
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+}
