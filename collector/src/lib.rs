@@ -26,6 +26,9 @@ pub mod publish;
 pub mod record;
 pub mod scope;
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 use tokio_util::sync::CancellationToken;
@@ -68,6 +71,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary>
     let publisher = tokio::spawn(publish::publish(
         rx,
         producer,
+        Arc::clone(&deliveries),
         config.topic.clone(),
         shutdown.clone(),
         config.flush_timeout,
@@ -84,6 +88,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary>
         "Collecting"
     );
 
+    let mut last_delivered = 0;
     let mut stats = tokio::time::interval(config.stats_interval);
     stats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -94,10 +99,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary>
                 records += drain(ring.get_mut(), &mut enricher, &mut outbox);
                 report_drops(&mut drops, &mut outbox);
                 outbox.report_losses();
-                let delivered = deliveries.delivered.load(std::sync::atomic::Ordering::Relaxed);
-                if outbox.backlog() > 0 || outbox.lost_total() > 0 {
-                    info!(
-                        backlog = outbox.backlog(),
+                // Report the backlog while the broker takes nothing (down
+                // or stalled) or the queue itself is filling.
+                let in_flight = deliveries.in_flight();
+                let delivered = deliveries.delivered.load(Ordering::Relaxed);
+                let stalled = delivered == last_delivered && in_flight > 0;
+                last_delivered = delivered;
+                if stalled || outbox.backlog() > 0 {
+                    warn!(
+                        queued = outbox.backlog(),
+                        in_flight,
                         delivered,
                         queue_drops = outbox.lost_total(),
                         kernel_drops = drops.total(),

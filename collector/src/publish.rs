@@ -37,8 +37,20 @@ pub const PRODUCER_QUEUE_FULL: &str = "producer_queue_full";
 /// Delivery counters shared with librdkafka's callback thread.
 #[derive(Debug, Default)]
 pub struct DeliveryStats {
+    /// Events handed to librdkafka.
+    pub handed: AtomicU64,
+    /// Events the broker acknowledged.
     pub delivered: AtomicU64,
+    /// Events librdkafka gave up on.
     pub failed: AtomicU64,
+}
+
+impl DeliveryStats {
+    /// Events handed to librdkafka and not yet acknowledged or failed.
+    pub fn in_flight(&self) -> u64 {
+        let done = self.delivered.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed);
+        self.handed.load(Ordering::Relaxed).saturating_sub(done)
+    }
 }
 
 /// The producer context: counts acknowledgements and logs failures.
@@ -268,6 +280,7 @@ impl Outbox {
 pub async fn publish(
     mut rx: mpsc::Receiver<Event>,
     producer: EventProducer,
+    stats: Arc<DeliveryStats>,
     topic: String,
     shutdown: CancellationToken,
     flush_timeout: Duration,
@@ -287,7 +300,10 @@ pub async fn publish(
         loop {
             let record = BaseRecord::to(&topic).key(&key).payload(&payload);
             match producer.send(record) {
-                Ok(()) => break,
+                Ok(()) => {
+                    stats.handed.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     if deadline.is_none() && shutdown.is_cancelled() {
                         deadline = Some(Instant::now() + flush_timeout);

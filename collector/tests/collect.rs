@@ -45,7 +45,7 @@ async fn watched_activity_is_published_with_its_fields_and_unwatched_files_are_n
     let topic = broker.topic("collector.collect", 1).await;
     let watched = tempfile::tempdir().expect("watched temp dir");
     let outside = tempfile::tempdir().expect("unwatched temp dir");
-    let collector = Collector::start(&broker, &topic, watched.path(), &[]);
+    let collector = Collector::start(broker.bootstrap(), &topic, watched.path(), &[]);
     let me = std::process::id() as i32;
 
     // Files in scope, from this process.
@@ -107,15 +107,20 @@ async fn watched_activity_is_published_with_its_fields_and_unwatched_files_are_n
     assert_eq!(server.join().expect("server thread"), SENT);
 
     let chart_s = chart.clone();
-    let events = consume_until(&broker, &topic, Duration::from_secs(40), |events| {
-        let has = |f: &dyn Fn(&Event) -> bool| find(events, f).is_some();
-        has(&|e| e.kind == Kind::Read && path_is(e, &chart_s))
-            && has(&|e| e.kind == Kind::Unlink && path_is(e, &renamed))
-            && has(&|e| e.kind == Kind::Open && e.errno == 13)
-            && has(&|e| e.kind == Kind::Exit && e.pid == exec_pid)
-            && has(&|e| e.kind == Kind::Send && e.dst_port == Some(i32::from(listen_port)))
-            && has(&|e| e.kind == Kind::Recv && e.src_port == Some(i32::from(listen_port)))
-    })
+    let events = consume_until(
+        broker.bootstrap(),
+        &topic,
+        Duration::from_secs(40),
+        |events| {
+            let has = |f: &dyn Fn(&Event) -> bool| find(events, f).is_some();
+            has(&|e| e.kind == Kind::Read && path_is(e, &chart_s))
+                && has(&|e| e.kind == Kind::Unlink && path_is(e, &renamed))
+                && has(&|e| e.kind == Kind::Open && e.errno == 13)
+                && has(&|e| e.kind == Kind::Exit && e.pid == exec_pid)
+                && has(&|e| e.kind == Kind::Send && e.dst_port == Some(i32::from(listen_port)))
+                && has(&|e| e.kind == Kind::Recv && e.src_port == Some(i32::from(listen_port)))
+        },
+    )
     .await;
     let stderr = collector.stop();
     let dump = || {

@@ -34,7 +34,7 @@ async fn kernel_drops_under_pressure_are_reported_as_gaps_that_add_up() {
     let topic = broker.topic("collector.pressure", 1).await;
     let watched = tempfile::tempdir().expect("watched temp dir");
     let collector = Collector::start(
-        &broker,
+        broker.bootstrap(),
         &topic,
         watched.path(),
         &["--ringbuf-bytes", "4096"],
@@ -49,10 +49,15 @@ async fn kernel_drops_under_pressure_are_reported_as_gaps_that_add_up() {
     // +1: the open that created the file.
     let made = BURST + 1;
 
-    let events = consume_until(&broker, &topic, Duration::from_secs(90), |events| {
-        let (received, lost) = accounted(events, &path);
-        received as i64 + lost >= made as i64
-    })
+    let events = consume_until(
+        broker.bootstrap(),
+        &topic,
+        Duration::from_secs(90),
+        |events| {
+            let (received, lost) = accounted(events, &path);
+            received as i64 + lost >= made as i64
+        },
+    )
     .await;
     let stderr = collector.stop();
     let (received, lost) = accounted(&events, &path);
@@ -62,7 +67,7 @@ async fn kernel_drops_under_pressure_are_reported_as_gaps_that_add_up() {
         "opens received ({received}) + opens reported lost ({lost}) = opens made"
     );
     // Everything published, including gaps reported after the burst.
-    let events = consume_all(&broker, &topic, Duration::from_secs(3)).await;
+    let events = consume_all(broker.bootstrap(), &topic, Duration::from_secs(3)).await;
     let (received, lost) = accounted(&events, &path);
     assert!(
         lost > 0,

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use vigil_schemas::Event;
-use vigil_schemas::testkit::TestBroker;
 
 /// Fails the test, saying why, when this process cannot load eBPF programs.
 pub fn require_root() {
@@ -43,12 +42,12 @@ pub struct Collector {
 impl Collector {
     /// Starts the collector publishing to `topic`, watching `watched`, with
     /// extra flags; returns once it says it is collecting.
-    pub fn start(broker: &TestBroker, topic: &str, watched: &Path, extra: &[&str]) -> Collector {
+    pub fn start(bootstrap: &str, topic: &str, watched: &Path, extra: &[&str]) -> Collector {
         let mut child = Command::new(env!("CARGO_BIN_EXE_collector"))
-            .args(["--brokers", broker.bootstrap(), "--topic", topic])
+            .args(["--brokers", bootstrap, "--topic", topic])
             .arg("--watch")
             .arg(watched)
-            .args(["--stats-interval", "100ms", "--flush-timeout", "10s"])
+            .args(["--stats-interval", "100ms"])
             .args(extra)
             .env("RUST_LOG", "info")
             .env_remove("VIGIL_CONFIG")
@@ -144,12 +143,12 @@ pub struct Published {
 /// Consumes `topic` from the beginning until `done` says the events so far
 /// are enough, or `timeout` passes; returns what was read either way.
 pub async fn consume_until(
-    broker: &TestBroker,
+    bootstrap: &str,
     topic: &str,
     timeout: Duration,
     mut done: impl FnMut(&[Published]) -> bool,
 ) -> Vec<Published> {
-    let consumer = subscribe(broker, topic);
+    let consumer = subscribe(bootstrap, topic);
     let deadline = tokio::time::Instant::now() + timeout;
     let mut seen = Vec::new();
     while !done(&seen) {
@@ -168,8 +167,8 @@ pub async fn consume_until(
 
 /// Consumes `topic` from the beginning until nothing new arrives for
 /// `idle`.
-pub async fn consume_all(broker: &TestBroker, topic: &str, idle: Duration) -> Vec<Published> {
-    let consumer = subscribe(broker, topic);
+pub async fn consume_all(bootstrap: &str, topic: &str, idle: Duration) -> Vec<Published> {
+    let consumer = subscribe(bootstrap, topic);
     let mut seen = Vec::new();
     loop {
         match tokio::time::timeout(idle, consumer.recv()).await {
@@ -180,10 +179,13 @@ pub async fn consume_all(broker: &TestBroker, topic: &str, idle: Duration) -> Ve
     }
 }
 
-fn subscribe(broker: &TestBroker, topic: &str) -> StreamConsumer {
+fn subscribe(bootstrap: &str, topic: &str) -> StreamConsumer {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let consumer: StreamConsumer = broker.consumer(&format!("test-{topic}-{n}"));
+    let consumer: StreamConsumer =
+        vigil_schemas::bus::consumer_config(bootstrap, &format!("test-{topic}-{n}"))
+            .create()
+            .expect("create a consumer");
     consumer.subscribe(&[topic]).expect("subscribe");
     consumer
 }
@@ -197,4 +199,103 @@ fn published(message: &rdkafka::message::BorrowedMessage<'_>) -> Published {
         .map(|k| String::from_utf8_lossy(k).into_owned())
         .unwrap_or_default();
     Published { key, event }
+}
+
+/// A tansu broker with durable (SQLite) storage on a fixed loopback port,
+/// that a test can stop and start again with its data.
+#[derive(Debug)]
+pub struct DurableBroker {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl DurableBroker {
+    pub fn start() -> DurableBroker {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let mut broker = DurableBroker {
+            dir: tempfile::tempdir().expect("broker dir"),
+            port,
+            child: None,
+        };
+        broker.restart();
+        broker
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the broker process (again) on the same port and storage.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "broker already running");
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("broker.log"))
+            .expect("broker log");
+        let child = Command::new(vigil_schemas::testkit::tansu_binary())
+            .current_dir(self.dir.path())
+            .arg("broker")
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start tansu");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "broker did not listen:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops the broker process; its data stays.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default()
+    }
+
+    pub async fn create_topic(&self, name: &str) {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+            rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", self.bootstrap())
+                .create()
+                .expect("admin client");
+        let topic = NewTopic::new(name, 1, TopicReplication::Fixed(1));
+        let results = admin
+            .create_topics(
+                [&topic],
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+            )
+            .await
+            .expect("create topic");
+        for result in results {
+            result.unwrap_or_else(|(t, e)| panic!("create topic {t}: {e}"));
+        }
+    }
+}
+
+impl Drop for DurableBroker {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
