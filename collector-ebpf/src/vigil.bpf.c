@@ -442,12 +442,39 @@ int vigil_exec(struct trace_event_raw_sched_process_exec *ctx)
 	return 0;
 }
 
+struct sweep_ctx {
+	__u32 tgid;
+};
+
+/* bpf_for_each_map_elem callback: the roll-ups of one descriptor of an
+ * exiting process, which the kernel closes without a close(2). */
+static long sweep_descriptor(void *map, __u64 *key, struct vigil_tracked *file,
+			     struct sweep_ctx *ctx)
+{
+	if ((*key >> 32) != ctx->tgid)
+		return 0;
+	if (file->read_bytes)
+		emit_rollup(&file->rec, VIGIL_KIND_READ, file->read_bytes);
+	if (file->write_bytes)
+		emit_rollup(&file->rec, VIGIL_KIND_WRITE, file->write_bytes);
+	bpf_map_delete_elem(map, key);
+	return 0;
+}
+
 SEC("tracepoint/sched/sched_process_exit")
-int vigil_exit(void *ctx)
+int vigil_exit(struct trace_event_raw_sched_process_exit *ctx)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if ((__u32)pid_tgid != (pid_tgid >> 32)) /* threads other than the leader */
+	bool last_thread;
+	if (bpf_core_field_exists(ctx->group_dead))
+		last_thread = BPF_CORE_READ(ctx, group_dead);
+	else
+		last_thread = (__u32)pid_tgid == (pid_tgid >> 32);
+	if (!last_thread)
 		return 0;
+	struct sweep_ctx sweep = {.tgid = pid_tgid >> 32};
+	bpf_for_each_map_elem(&open_files, sweep_descriptor, &sweep, 0);
+
 	if (!task_in_scope())
 		return 0;
 	struct scratch *s = get_scratch();

@@ -19,6 +19,7 @@ use vigil_schemas::{Event, Kind, SocketFamily};
 
 const WRITTEN: usize = 10_000;
 const SENT: usize = 70_000;
+const UNCLOSED: usize = 3_000;
 const O_ACCMODE: i32 = 0o3;
 const O_WRONLY: i32 = 0o1;
 const O_CREAT: i32 = 0o100;
@@ -85,6 +86,22 @@ async fn watched_activity_is_published_with_its_fields_and_unwatched_files_are_n
     let exec_pid = exec.id() as i32;
     exec.wait().expect("wait for true");
 
+    // A process that reads a watched file and exits without close(2): the
+    // kernel closes the descriptor, the exit sweep reports the bytes.
+    let unclosed = watched.path().join("unclosed.txt");
+    std::fs::write(&unclosed, vec![b'u'; UNCLOSED]).expect("write unclosed");
+    let perl = Command::new("perl")
+        .args([
+            "-MPOSIX",
+            "-e",
+            "open(my $f, '<', $ARGV[0]) or die; sysread($f, my $b, 1 << 20); POSIX::_exit(0)",
+        ])
+        .arg(&unclosed)
+        .spawn()
+        .expect("run perl");
+    let perl_pid = perl.id() as i32;
+    assert!(perl.wait_with_output().expect("perl").status.success());
+
     // The same file activity outside the watched directory.
     let elsewhere = outside.path().join("chart.txt");
     std::fs::write(&elsewhere, vec![b'y'; WRITTEN]).expect("write outside");
@@ -117,6 +134,7 @@ async fn watched_activity_is_published_with_its_fields_and_unwatched_files_are_n
                 && has(&|e| e.kind == Kind::Unlink && path_is(e, &renamed))
                 && has(&|e| e.kind == Kind::Open && e.errno == 13)
                 && has(&|e| e.kind == Kind::Exit && e.pid == exec_pid)
+                && has(&|e| e.kind == Kind::Read && e.pid == perl_pid)
                 && has(&|e| e.kind == Kind::Send && e.dst_port == Some(i32::from(listen_port)))
                 && has(&|e| e.kind == Kind::Recv && e.src_port == Some(i32::from(listen_port)))
         },
@@ -194,6 +212,12 @@ async fn watched_activity_is_published_with_its_fields_and_unwatched_files_are_n
         e.kind == Kind::Read && path_is(e, &chart)
     });
     assert_eq!(read.bytes, Some(WRITTEN as i64));
+
+    let swept = expect("read roll-up at exit", &|e| {
+        e.kind == Kind::Read && path_is(e, &unclosed) && e.pid == perl_pid
+    });
+    assert_eq!(swept.bytes, Some(UNCLOSED as i64));
+    assert_eq!(swept.comm, "perl");
 
     let rename = expect("rename", &|e| e.kind == Kind::Rename && path_is(e, &chart));
     assert_eq!(rename.new_path.as_deref(), renamed.to_str());
