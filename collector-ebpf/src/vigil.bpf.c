@@ -461,6 +461,44 @@ static long sweep_descriptor(void *map, __u64 *key, struct vigil_tracked *file,
 	return 0;
 }
 
+struct inherit_ctx {
+	__u32 parent;
+	__u32 child;
+};
+
+/* bpf_for_each_map_elem callback: a new task inherits a copy of each of
+ * its parent's watched descriptors (with its own counters). */
+static long inherit_descriptor(void *map, __u64 *key, struct vigil_tracked *file,
+			       struct inherit_ctx *ctx)
+{
+	if ((*key >> 32) != ctx->parent)
+		return 0;
+	struct scratch *s = get_scratch();
+	if (!s)
+		return 1;
+	__builtin_memcpy(&s->slot, file, sizeof(s->slot));
+	s->slot.read_bytes = 0;
+	s->slot.write_bytes = 0;
+	__u64 child_key = ((__u64)ctx->child << 32) | (*key & 0xffffffffull);
+	bpf_map_update_elem(map, &child_key, &s->slot, BPF_NOEXIST);
+	return 0;
+}
+
+/* fork: the child's reads of an inherited watched descriptor (a shell's
+ * `cat < /phi/x`) are counted under the child's pid. A new thread gets a
+ * copy keyed by its thread id that is never used and is dropped when the
+ * thread exits. */
+SEC("tracepoint/sched/sched_process_fork")
+int vigil_fork(struct trace_event_raw_sched_process_fork *ctx)
+{
+	struct inherit_ctx inherit = {
+		.parent = bpf_get_current_pid_tgid() >> 32,
+		.child = ctx->child_pid,
+	};
+	bpf_for_each_map_elem(&open_files, inherit_descriptor, &inherit, 0);
+	return 0;
+}
+
 SEC("tracepoint/sched/sched_process_exit")
 int vigil_exit(struct trace_event_raw_sched_process_exit *ctx)
 {
@@ -470,6 +508,11 @@ int vigil_exit(struct trace_event_raw_sched_process_exit *ctx)
 		last_thread = BPF_CORE_READ(ctx, group_dead);
 	else
 		last_thread = (__u32)pid_tgid == (pid_tgid >> 32);
+	if ((__u32)pid_tgid != (pid_tgid >> 32)) {
+		/* a thread: drop the copies fork made under its thread id */
+		struct sweep_ctx thread = {.tgid = (__u32)pid_tgid};
+		bpf_for_each_map_elem(&open_files, sweep_descriptor, &thread, 0);
+	}
 	if (!last_thread)
 		return 0;
 	struct sweep_ctx sweep = {.tgid = pid_tgid >> 32};
@@ -595,6 +638,78 @@ int vigil_enter_writev(struct sys_enter_ctx *ctx) { return io_enter(ctx->args[0]
 SEC("tracepoint/syscalls/sys_exit_writev")
 int vigil_exit_writev(struct sys_exit_ctx *ctx) { return io_exit(ctx->ret, true); }
 
+/* dup family: a copy of a watched descriptor is watched too (shells
+ * redirect with dup2, so `cat < /phi/x` reads from a duplicate). Entry
+ * remembers the original's key; exit tracks the new descriptor. */
+static __always_inline int dup_enter(__u64 oldfd)
+{
+	return io_enter(oldfd);
+}
+
+static __always_inline void emit_file_rollups(struct vigil_tracked *file)
+{
+	if (file->read_bytes)
+		emit_rollup(&file->rec, VIGIL_KIND_READ, file->read_bytes);
+	if (file->write_bytes)
+		emit_rollup(&file->rec, VIGIL_KIND_WRITE, file->write_bytes);
+}
+
+static __always_inline int dup_exit(__s64 ret)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	__u64 *key = bpf_map_lookup_elem(&inflight_io, &tid);
+	if (!key)
+		return 0;
+	__u64 old_key = *key;
+	bpf_map_delete_elem(&inflight_io, &tid);
+	if (ret < 0)
+		return 0;
+	__u64 new_key = fd_key(ret);
+	if (new_key == old_key)
+		return 0;
+	/* dup2 onto a watched descriptor closes it implicitly */
+	struct vigil_tracked *replaced = bpf_map_lookup_elem(&open_files, &new_key);
+	if (replaced) {
+		emit_file_rollups(replaced);
+		bpf_map_delete_elem(&open_files, &new_key);
+	}
+	struct vigil_tracked *file = bpf_map_lookup_elem(&open_files, &old_key);
+	struct scratch *s = get_scratch();
+	if (!file || !s)
+		return 0;
+	__builtin_memcpy(&s->slot, file, sizeof(s->slot));
+	s->slot.read_bytes = 0;
+	s->slot.write_bytes = 0;
+	bpf_map_update_elem(&open_files, &new_key, &s->slot, BPF_ANY);
+	return 0;
+}
+
+#define F_DUPFD 0
+#define F_DUPFD_CLOEXEC 1030
+
+SEC("tracepoint/syscalls/sys_enter_dup")
+int vigil_enter_dup(struct sys_enter_ctx *ctx) { return dup_enter(ctx->args[0]); }
+SEC("tracepoint/syscalls/sys_exit_dup")
+int vigil_exit_dup(struct sys_exit_ctx *ctx) { return dup_exit(ctx->ret); }
+SEC("tracepoint/syscalls/sys_enter_dup2")
+int vigil_enter_dup2(struct sys_enter_ctx *ctx) { return dup_enter(ctx->args[0]); }
+SEC("tracepoint/syscalls/sys_exit_dup2")
+int vigil_exit_dup2(struct sys_exit_ctx *ctx) { return dup_exit(ctx->ret); }
+SEC("tracepoint/syscalls/sys_enter_dup3")
+int vigil_enter_dup3(struct sys_enter_ctx *ctx) { return dup_enter(ctx->args[0]); }
+SEC("tracepoint/syscalls/sys_exit_dup3")
+int vigil_exit_dup3(struct sys_exit_ctx *ctx) { return dup_exit(ctx->ret); }
+
+SEC("tracepoint/syscalls/sys_enter_fcntl")
+int vigil_enter_fcntl(struct sys_enter_ctx *ctx)
+{
+	if (ctx->args[1] != F_DUPFD && ctx->args[1] != F_DUPFD_CLOEXEC)
+		return 0;
+	return dup_enter(ctx->args[0]);
+}
+SEC("tracepoint/syscalls/sys_exit_fcntl")
+int vigil_exit_fcntl(struct sys_exit_ctx *ctx) { return dup_exit(ctx->ret); }
+
 /* close of a watched descriptor: emit its read and write roll-ups. */
 SEC("tracepoint/syscalls/sys_enter_close")
 int vigil_enter_close(struct sys_enter_ctx *ctx)
@@ -603,10 +718,7 @@ int vigil_enter_close(struct sys_enter_ctx *ctx)
 	struct vigil_tracked *file = bpf_map_lookup_elem(&open_files, &key);
 	if (!file)
 		return 0;
-	if (file->read_bytes)
-		emit_rollup(&file->rec, VIGIL_KIND_READ, file->read_bytes);
-	if (file->write_bytes)
-		emit_rollup(&file->rec, VIGIL_KIND_WRITE, file->write_bytes);
+	emit_file_rollups(file);
 	bpf_map_delete_elem(&open_files, &key);
 	return 0;
 }

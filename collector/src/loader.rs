@@ -210,6 +210,7 @@ fn scope_mode<T>(scope: &Scope<T>) -> u32 {
 pub fn tracepoint_of(program: &str) -> Option<(&'static str, String)> {
     match program {
         "vigil_exec" => Some(("sched", "sched_process_exec".to_owned())),
+        "vigil_fork" => Some(("sched", "sched_process_fork".to_owned())),
         "vigil_exit" => Some(("sched", "sched_process_exit".to_owned())),
         "vigil_sock_state" => Some(("sock", "inet_sock_set_state".to_owned())),
         _ => {
@@ -286,7 +287,10 @@ mod tests {
         let mut names: Vec<String> = text
             .split('\0')
             .filter(|s| {
-                (s.starts_with("vigil_enter_") || s.starts_with("vigil_exit") || *s == "vigil_exec")
+                (s.starts_with("vigil_enter_")
+                    || s.starts_with("vigil_exit")
+                    || *s == "vigil_exec"
+                    || *s == "vigil_fork")
                     && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
             })
             .map(str::to_owned)

@@ -20,6 +20,7 @@ use vigil_schemas::{Event, Kind, SocketFamily};
 const WRITTEN: usize = 10_000;
 const SENT: usize = 70_000;
 const UNCLOSED: usize = 3_000;
+const REDIRECTED: usize = 5_000;
 const O_ACCMODE: i32 = 0o3;
 const O_WRONLY: i32 = 0o1;
 const O_CREAT: i32 = 0o100;
@@ -102,6 +103,17 @@ async fn watched_activity_is_published_with_its_fields_and_unwatched_files_are_n
     let perl_pid = perl.id() as i32;
     assert!(perl.wait_with_output().expect("perl").status.success());
 
+    // A shell redirection: the reader gets a dup2'd copy of the shell's
+    // descriptor.
+    let redirected = watched.path().join("redirected.txt");
+    std::fs::write(&redirected, vec![b'r'; REDIRECTED]).expect("write redirected");
+    let shell = Command::new("sh")
+        .args(["-c", "cat < \"$1\" > /dev/null", "sh"])
+        .arg(&redirected)
+        .status()
+        .expect("run sh");
+    assert!(shell.success());
+
     // The same file activity outside the watched directory.
     let elsewhere = outside.path().join("chart.txt");
     std::fs::write(&elsewhere, vec![b'y'; WRITTEN]).expect("write outside");
@@ -135,6 +147,7 @@ async fn watched_activity_is_published_with_its_fields_and_unwatched_files_are_n
                 && has(&|e| e.kind == Kind::Open && e.errno == 13)
                 && has(&|e| e.kind == Kind::Exit && e.pid == exec_pid)
                 && has(&|e| e.kind == Kind::Read && e.pid == perl_pid)
+                && has(&|e| e.kind == Kind::Read && path_is(e, &redirected))
                 && has(&|e| e.kind == Kind::Send && e.dst_port == Some(i32::from(listen_port)))
                 && has(&|e| e.kind == Kind::Recv && e.src_port == Some(i32::from(listen_port)))
         },
@@ -218,6 +231,11 @@ async fn watched_activity_is_published_with_its_fields_and_unwatched_files_are_n
     });
     assert_eq!(swept.bytes, Some(UNCLOSED as i64));
     assert_eq!(swept.comm, "perl");
+
+    let via_dup = expect("read roll-up through a redirection", &|e| {
+        e.kind == Kind::Read && path_is(e, &redirected)
+    });
+    assert_eq!(via_dup.bytes, Some(REDIRECTED as i64));
 
     let rename = expect("rename", &|e| e.kind == Kind::Rename && path_is(e, &chart));
     assert_eq!(rename.new_path.as_deref(), renamed.to_str());
