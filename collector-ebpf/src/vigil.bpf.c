@@ -101,13 +101,23 @@ struct {
 	__type(value, __u64);
 } inflight_io SEC(".maps");
 
-/* Descriptors opened on watched paths, by pid << 32 | fd. */
+/* Descriptors opened on watched paths, by pid << 32 | fd. Walked whole at
+ * fork and exit of the processes in files_owners, so kept small. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 16384);
 	__type(key, __u64);
 	__type(value, struct vigil_tracked);
 } open_files SEC(".maps");
+
+/* Processes (or threads) that have had an entry in open_files: only their
+ * forks and exits walk it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, __u32);
+} files_owners SEC(".maps");
 
 /* Connections seen at connect or accept, by socket address. */
 struct {
@@ -200,7 +210,17 @@ static __always_inline bool cwd_in_scope(void)
 	return false;
 }
 
-/* Copies a user path into dst and says whether it is in the watched scope:
+/* Adds a watched descriptor and marks its owner for fork and exit. */
+static __always_inline void track_file(__u64 key, struct vigil_tracked *file)
+{
+	__u32 owner = key >> 32;
+	__u32 one = 1;
+	bpf_map_update_elem(&open_files, &key, file, BPF_ANY);
+	bpf_map_update_elem(&files_owners, &owner, &one, BPF_ANY);
+}
+
+/* Says whether a user path is in the watched scope, copying it into dst
+ * when it is:
  * an absolute path under a watched prefix, or a relative path resolved
  * against a working directory under a watched directory. */
 static __always_inline bool read_path(struct vigil_path_key *key, char *dst, const char *upath,
@@ -209,12 +229,16 @@ static __always_inline bool read_path(struct vigil_path_key *key, char *dst, con
 	long len = bpf_probe_read_user_str(key->data, sizeof(key->data), upath);
 	if (len <= 1)
 		return false;
-	__builtin_memcpy(dst, key->data, VIGIL_PATH_LEN);
+	bool watched;
 	if (key->data[0] == '/') {
 		key->prefixlen = (len - 1) * 8;
-		return bpf_map_lookup_elem(&watched_prefixes, key) != NULL;
+		watched = bpf_map_lookup_elem(&watched_prefixes, key) != NULL;
+	} else {
+		watched = watch_relative && dfd == AT_FDCWD && cwd_in_scope();
 	}
-	return watch_relative && dfd == AT_FDCWD && cwd_in_scope();
+	if (watched)
+		__builtin_memcpy(dst, key->data, VIGIL_PATH_LEN);
+	return watched;
 }
 
 /* Fills the fields every record carries, from the current task. */
@@ -258,6 +282,19 @@ static __always_inline void count_drop(__u32 kind)
 		__sync_fetch_and_add(count, 1);
 }
 
+/* Wakes the collector only once a batch has built up (an eighth of the
+ * ring buffer, at most 64 KiB); it also drains on a short timer, so a
+ * quiet host's events wait at most that long. One wakeup per record would
+ * cost a context switch per event. */
+static __always_inline __u64 submit_flags(void)
+{
+	__u64 threshold = bpf_ringbuf_query(&events, BPF_RB_RING_SIZE) / 8;
+	if (threshold > 65536)
+		threshold = 65536;
+	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= threshold ? BPF_RB_FORCE_WAKEUP
+									    : BPF_RB_NO_WAKEUP;
+}
+
 /* Copies a finished record into the ring buffer, or counts the loss. */
 static __always_inline void emit(const struct vigil_record *src)
 {
@@ -267,7 +304,7 @@ static __always_inline void emit(const struct vigil_record *src)
 		return;
 	}
 	__builtin_memcpy(rec, src, sizeof(*rec));
-	bpf_ringbuf_submit(rec, 0);
+	bpf_ringbuf_submit(rec, submit_flags());
 }
 
 /* Emits a copy of a tracked record with another kind and a byte count. */
@@ -282,7 +319,7 @@ static __always_inline void emit_rollup(const struct vigil_record *src, __u32 ki
 	rec->kind = kind;
 	rec->bytes = bytes;
 	rec->ktime_ns = bpf_ktime_get_ns();
-	bpf_ringbuf_submit(rec, 0);
+	bpf_ringbuf_submit(rec, submit_flags());
 }
 
 /* Stages the scratch record for this thread's syscall exit. */
@@ -305,12 +342,17 @@ static __always_inline struct scratch *prepare_paths(__u32 kind, long dfd, const
 	struct scratch *s = get_scratch();
 	if (!s)
 		return NULL;
-	bool watched = read_path(&s->key, s->slot.rec.path, upath, dfd);
-	s->slot.rec.path2[0] = 0;
-	if (upath2)
-		watched |= read_path(&s->key, s->slot.rec.path2, upath2, dfd2);
-	if (!watched)
+	bool first = read_path(&s->key, s->slot.rec.path, upath, dfd);
+	bool second = upath2 && read_path(&s->key, s->slot.rec.path2, upath2, dfd2);
+	if (!first && !second)
 		return NULL;
+	/* a rename into or out of scope: the other side's path too */
+	if (!first)
+		bpf_probe_read_user_str(s->slot.rec.path, VIGIL_PATH_LEN, upath);
+	if (!upath2)
+		s->slot.rec.path2[0] = 0;
+	else if (!second)
+		bpf_probe_read_user_str(s->slot.rec.path2, VIGIL_PATH_LEN, upath2);
 	fill_header(&s->slot.rec, kind);
 	return s;
 }
@@ -390,8 +432,7 @@ static __always_inline int finish(__s64 ret)
 	rec->err = ret < 0 ? (__s32)-ret : 0;
 
 	if (rec->kind == VIGIL_KIND_OPEN && ret >= 0) {
-		__u64 key = fd_key(ret);
-		bpf_map_update_elem(&open_files, &key, slot, BPF_ANY);
+		track_file(fd_key(ret), slot);
 	} else if (rec->kind == VIGIL_KIND_CONNECT || rec->kind == VIGIL_KIND_ACCEPT) {
 		/* connect: the socket is the staged descriptor; accept: the new one */
 		__u64 fd = rec->kind == VIGIL_KIND_CONNECT ? (__u64)rec->bytes : (__u64)ret;
@@ -480,7 +521,9 @@ static long inherit_descriptor(void *map, __u64 *key, struct vigil_tracked *file
 	s->slot.read_bytes = 0;
 	s->slot.write_bytes = 0;
 	__u64 child_key = ((__u64)ctx->child << 32) | (*key & 0xffffffffull);
+	__u32 one = 1;
 	bpf_map_update_elem(map, &child_key, &s->slot, BPF_NOEXIST);
+	bpf_map_update_elem(&files_owners, &ctx->child, &one, BPF_ANY);
 	return 0;
 }
 
@@ -495,6 +538,8 @@ int vigil_fork(struct trace_event_raw_sched_process_fork *ctx)
 		.parent = bpf_get_current_pid_tgid() >> 32,
 		.child = ctx->child_pid,
 	};
+	if (!bpf_map_lookup_elem(&files_owners, &inherit.parent))
+		return 0;
 	bpf_for_each_map_elem(&open_files, inherit_descriptor, &inherit, 0);
 	return 0;
 }
@@ -508,15 +553,20 @@ int vigil_exit(struct trace_event_raw_sched_process_exit *ctx)
 		last_thread = BPF_CORE_READ(ctx, group_dead);
 	else
 		last_thread = (__u32)pid_tgid == (pid_tgid >> 32);
-	if ((__u32)pid_tgid != (pid_tgid >> 32)) {
+	__u32 tid = (__u32)pid_tgid;
+	if (tid != (pid_tgid >> 32) && bpf_map_lookup_elem(&files_owners, &tid)) {
 		/* a thread: drop the copies fork made under its thread id */
-		struct sweep_ctx thread = {.tgid = (__u32)pid_tgid};
+		struct sweep_ctx thread = {.tgid = tid};
 		bpf_for_each_map_elem(&open_files, sweep_descriptor, &thread, 0);
+		bpf_map_delete_elem(&files_owners, &tid);
 	}
 	if (!last_thread)
 		return 0;
 	struct sweep_ctx sweep = {.tgid = pid_tgid >> 32};
-	bpf_for_each_map_elem(&open_files, sweep_descriptor, &sweep, 0);
+	if (bpf_map_lookup_elem(&files_owners, &sweep.tgid)) {
+		bpf_for_each_map_elem(&open_files, sweep_descriptor, &sweep, 0);
+		bpf_map_delete_elem(&files_owners, &sweep.tgid);
+	}
 
 	if (!task_in_scope())
 		return 0;
@@ -680,7 +730,7 @@ static __always_inline int dup_exit(__s64 ret)
 	__builtin_memcpy(&s->slot, file, sizeof(s->slot));
 	s->slot.read_bytes = 0;
 	s->slot.write_bytes = 0;
-	bpf_map_update_elem(&open_files, &new_key, &s->slot, BPF_ANY);
+	track_file(new_key, &s->slot);
 	return 0;
 }
 

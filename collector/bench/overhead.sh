@@ -43,6 +43,7 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
   --advertised-listener-url "tcp://127.0.0.1:$port" > "$work/broker.log" 2>&1 &
 pids+=($!)
 sleep 2
+"$tansu" topic create bench.events --partitions 6 --broker "tcp://127.0.0.1:$port" > /dev/null
 
 start_collector() {
   "$collector" --brokers "127.0.0.1:$port" --topic bench.events --watch "${1:-/phi}" \
@@ -60,9 +61,11 @@ median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 declare -A times
 for round in $(seq "$ROUNDS"); do
   for dir in phi other; do times[bare-$dir]+="$("$work/loop" "$work/$dir" "$ITERATIONS") "; done
-  start_collector "$work/phi"
-  for dir in phi other; do times[vigil-$dir]+="$("$work/loop" "$work/$dir" "$ITERATIONS") "; done
-  stop_collector
+  for dir in phi other; do
+    start_collector "$work/phi"
+    times[vigil-$dir]+="$("$work/loop" "$work/$dir" "$ITERATIONS") "
+    stop_collector
+  done
 done
 
 echo

@@ -42,6 +42,10 @@ use loader::{DropCounters, Probes};
 use publish::Outbox;
 use record::RawRecord;
 
+/// How often the ring buffer is read when the kernel has not woken us: the
+/// longest a record waits on a quiet host.
+pub const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// What a run did, for the final log line and for tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Summary {
@@ -88,6 +92,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary>
         "Collecting"
     );
 
+    // The kernel wakes us only once a batch has built up; this tick bounds
+    // how long a quiet host's events wait.
+    let mut poll = tokio::time::interval(DRAIN_INTERVAL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_delivered = 0;
     let mut stats = tokio::time::interval(config.stats_interval);
     stats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -115,6 +123,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary>
                         "Backlog"
                     );
                 }
+            }
+            _ = poll.tick() => {
+                records += drain(ring.get_mut(), &mut enricher, &mut outbox);
             }
             guard = ring.readable_mut() => {
                 let mut guard = guard.map_err(|e| Error::io("waiting on the ring buffer", e))?;
