@@ -6,7 +6,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// What went wrong in the detector.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The Kafka client failed; `transient` errors are worth retrying.
+    /// The Kafka client failed.
     #[error("kafka: {context}: {source}")]
     Kafka {
         context: String,
@@ -19,6 +19,22 @@ pub enum Error {
         "topic `{topic}` does not exist on {brokers}; create it (deploy/local/broker.sh start creates Vigil's topics) or check the name"
     )]
     UnknownTopic { topic: String, brokers: String },
+
+    /// Reading or writing the RocksDB state failed.
+    #[error("state: {context}: {source}")]
+    State {
+        context: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// A configuration or mapping file is wrong.
+    #[error("{what}: {reason}")]
+    Config { what: String, reason: String },
+
+    /// A bug: an invariant of the detector did not hold.
+    #[error("internal error: {what}")]
+    Internal { what: String },
 
     /// Writing output failed (e.g. stdout closed).
     #[error("writing output: {0}")]

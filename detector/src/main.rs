@@ -1,29 +1,29 @@
 //! `detector`: Vigil's detector service and its operator commands.
 
+use std::io::BufRead;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use vigil_detector::audit_chain::{Verifier, record_from_json};
+use vigil_detector::config::{DetectorConfig, RunArgs};
+use vigil_detector::pipeline::Pipeline;
+use vigil_detector::rule_tests;
 use vigil_detector::tail::{self, TailOptions};
 
 /// Vigil's detector: judges syscall events from the bus against per-user,
-/// per-role and per-host baselines and publishes alerts and a hash-chained
-/// audit trail.
-///
-/// Built so far: `tail`. The `run` service, `rules test` and `audit verify`
-/// come next (see README.md).
+/// per-role and per-host baselines, runs the SQL detection rules, and
+/// publishes alerts, learning-mode review items, a hash-chained audit trail
+/// and dead letters.
 #[derive(Debug, Parser)]
 #[command(name = "detector", version, about, long_about)]
 struct Cli {
-    /// Kafka bootstrap servers (host:port, comma separated).
-    #[arg(
-        long,
-        global = true,
-        env = "VIGIL_BROKERS",
-        default_value = "127.0.0.1:9092"
-    )]
-    brokers: String,
+    /// Kafka bootstrap servers (host:port, comma separated) [default: 127.0.0.1:9092].
+    #[arg(long, global = true, env = "VIGIL_BROKERS")]
+    brokers: Option<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -31,14 +31,29 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the detector service (a consumer group member on the events topic).
+    ///
+    /// Resumes each partition from the offset stored with its state in
+    /// RocksDB. SIGTERM or Ctrl-C finishes the batch in hand, flushes the
+    /// producer, writes state and exits. Set VIGIL_LOG=info for progress.
+    Run(RunArgs),
+
+    /// Detection rules.
+    #[command(subcommand)]
+    Rules(RulesCommand),
+
+    /// The audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+
     /// Print a topic's records as JSON lines.
     ///
     /// Avro records (events, audit records) are decoded by their schema
     /// fingerprint; JSON records (alerts) pass through. Each line carries
     /// topic, partition, offset, timestamp, key, headers, the contract and
     /// the value. A record that cannot be decoded prints a one-line error on
-    /// stderr with its partition and offset, and tailing continues.
-    /// Tail never joins a consumer group, so it does not move any service's
+    /// stderr with its partition and offset, and tailing continues. Tail
+    /// never joins a consumer group, so it does not move any service's
     /// offsets.
     ///
     /// Example: detector tail --topic vigil.alerts.v1 --from-beginning
@@ -61,6 +76,49 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum RulesCommand {
+    /// Run every rule against its test file and print a pass/fail table.
+    ///
+    /// Each `<DIR>/rules/<id>.sql` needs `<DIR>/tests/<id>.toml` with sample
+    /// events, an optional baseline preset and the expected alerts (see
+    /// sql/README.md). Exits non-zero when any rule fails.
+    Test {
+        /// The rule pack directory, holding rules/ and tests/.
+        #[arg(default_value = "sql")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check every hash chain of the audit trail and name the first broken
+    /// link (an altered, missing, duplicated or reordered record).
+    ///
+    /// Reads the audit topic from the beginning, or an exported file of JSON
+    /// lines (`detector tail --topic vigil.audit.v1 --from-beginning` output,
+    /// or one audit record JSON per line). Exits 0 when every chain is
+    /// intact, 1 when a link is broken.
+    Verify {
+        /// Audit topic to read.
+        #[arg(
+            long,
+            env = "VIGIL_AUDIT_TOPIC",
+            default_value = "vigil.audit.v1",
+            conflicts_with = "file"
+        )]
+        topic: String,
+
+        /// Exported file to read instead of the topic.
+        #[arg(long)]
+        file: Option<PathBuf>,
+
+        /// When reading the topic, stop after this many seconds without a record.
+        #[arg(long, default_value_t = 3.0, value_name = "SECONDS")]
+        idle_timeout: f64,
+    },
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -79,8 +137,164 @@ async fn main() -> ExitCode {
     }
 }
 
+fn seconds(flag: &str, secs: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(secs)
+        .with_context(|| format!("{flag} {secs}: not a duration in seconds"))
+}
+
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let brokers = cli
+        .brokers
+        .clone()
+        .unwrap_or_else(|| "127.0.0.1:9092".into());
     match cli.command {
+        Command::Run(args) => {
+            let config = DetectorConfig::resolve(cli.brokers.as_deref(), &args)?;
+            let pipeline = Pipeline::start(config.clone())
+                .await
+                .with_context(|| format!("starting the detector on {}", config.brokers))?;
+            let shutdown = CancellationToken::new();
+            let signals = shutdown.clone();
+            tokio::spawn(async move {
+                let mut term =
+                    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    {
+                        Ok(term) => term,
+                        Err(e) => {
+                            tracing::error!(error = %e, "Cannot listen for SIGTERM");
+                            return;
+                        }
+                    };
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+                tracing::info!("Shutting down: finishing the batch in hand");
+                signals.cancel();
+            });
+            eprintln!(
+                "detector: consuming {} on {} as group {} (state {}, rules {})",
+                config.events_topic,
+                config.brokers,
+                config.group,
+                config.state_dir.display(),
+                config.rules_dir.display()
+            );
+            let counters = pipeline.run(shutdown).await?;
+            eprintln!(
+                "detector: stopped after {} events: {} alerts, {} review, {} audit records, {} dead letters",
+                counters.events,
+                counters.alerts,
+                counters.review,
+                counters.audit,
+                counters.dead_letters
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rules(RulesCommand::Test { dir }) => {
+            let outcomes = rule_tests::run_all(&dir.join("rules"), &dir.join("tests")).await?;
+            let width = outcomes
+                .iter()
+                .map(|o| o.rule.len())
+                .max()
+                .unwrap_or(4)
+                .max(4);
+            println!("{:width$}  result  detail", "rule");
+            for outcome in &outcomes {
+                println!(
+                    "{:width$}  {}  {}",
+                    outcome.rule,
+                    if outcome.passed { "pass  " } else { "FAIL  " },
+                    outcome.detail
+                );
+            }
+            let failed = outcomes.iter().filter(|o| !o.passed).count();
+            println!("{} passed, {failed} failed", outcomes.len() - failed);
+            Ok(if failed == 0 && !outcomes.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Audit(AuditCommand::Verify {
+            topic,
+            file,
+            idle_timeout,
+        }) => {
+            let mut verifier = Verifier::default();
+            match file {
+                Some(path) => {
+                    let reader = std::io::BufReader::new(
+                        std::fs::File::open(&path)
+                            .with_context(|| format!("open {}", path.display()))?,
+                    );
+                    for (i, line) in reader.lines().enumerate() {
+                        let line = line.with_context(|| format!("read {}", path.display()))?;
+                        if line.trim().is_empty() {
+                            continue;
+                        }
+                        let record = record_from_json(&line).map_err(|e| {
+                            anyhow::anyhow!("{} line {}: {e}", path.display(), i + 1)
+                        })?;
+                        verifier.check(record, &format!("line {}", i + 1));
+                    }
+                }
+                None => {
+                    let options = TailOptions {
+                        brokers: brokers.clone(),
+                        topic: topic.clone(),
+                        from_beginning: true,
+                        count: None,
+                        idle_timeout: Some(seconds("--idle-timeout", idle_timeout)?),
+                    };
+                    let mut lines = Vec::new();
+                    let mut errors = Vec::new();
+                    tail::run(&options, &mut lines, &mut errors).await?;
+                    if !errors.is_empty() {
+                        anyhow::bail!(
+                            "undecodable records in {topic}:\n{}",
+                            String::from_utf8_lossy(&errors)
+                        );
+                    }
+                    let mut records: Vec<(i32, i64, vigil_schemas::AuditRecord)> = Vec::new();
+                    for line in String::from_utf8_lossy(&lines).lines() {
+                        let value: serde_json::Value = serde_json::from_str(line)?;
+                        let record = record_from_json(line)
+                            .map_err(|e| anyhow::anyhow!("offset {}: {e}", value["offset"]))?;
+                        let partition = value["partition"].as_i64().unwrap_or(-1) as i32;
+                        let offset = value["offset"].as_i64().unwrap_or(-1);
+                        records.push((partition, offset, record));
+                    }
+                    records.sort_by_key(|(p, o, _)| (*p, *o));
+                    for (partition, offset, record) in records {
+                        verifier.check(
+                            record,
+                            &format!("(topic partition {partition} offset {offset})"),
+                        );
+                    }
+                }
+            }
+            let reports = verifier.reports();
+            for (partition, report) in &reports {
+                println!(
+                    "partition {partition}: {} records, seq {}..={}: {}",
+                    report.records,
+                    report.first_seq.unwrap_or(0),
+                    report.last_seq.unwrap_or(0),
+                    report.broken.as_deref().unwrap_or("intact")
+                );
+            }
+            match verifier.first_broken() {
+                Some(broken) => {
+                    println!("BROKEN: {broken}");
+                    Ok(ExitCode::FAILURE)
+                }
+                None => {
+                    println!("all {} chains intact", reports.len());
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
+        }
         Command::Tail {
             topic,
             from_beginning,
@@ -88,14 +302,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             idle_timeout,
         } => {
             let idle_timeout = idle_timeout
-                .map(|secs| {
-                    Duration::try_from_secs_f64(secs).with_context(|| {
-                        format!("--idle-timeout {secs}: not a duration in seconds")
-                    })
-                })
+                .map(|secs| seconds("--idle-timeout", secs))
                 .transpose()?;
             let options = TailOptions {
-                brokers: cli.brokers,
+                brokers,
                 topic,
                 from_beginning,
                 count,

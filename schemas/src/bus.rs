@@ -35,6 +35,7 @@ pub fn consumer_config(bootstrap: &str, group: &str) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", FETCH_WAIT_MS.to_string())
-        .set("session.timeout.ms", "10000");
+        .set("session.timeout.ms", "10000")
+        .set("max.poll.interval.ms", "15000");
     config
 }

@@ -1,0 +1,337 @@
+//! The baseline model: how a user, a role or a host usually behaves, by
+//! hour of week, and the features that compare an event against it.
+//!
+//! Each entity keeps, per hour-of-week bucket (168 of them, Monday 00:00 UTC
+//! = 0), exponentially weighted means and variances of its hourly volume —
+//! events, distinct PHI files, bytes read, bytes sent — and how often it is
+//! active in that hour at all. The open hour's totals accumulate as events
+//! arrive; when an event from a later hour arrives, the closed hour (and any
+//! silent hours between, as zeros) is folded into its bucket. A user also
+//! keeps first-seen sets (executables, destinations, PHI file classes, source
+//! hosts), a 15-minute rolling window of PHI opens and bytes read, and the
+//! number of distinct days it has been observed (its maturity).
+//!
+//! Time is the event's own timestamp, so replayed or simulated history
+//! builds the same baselines as live traffic.
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+
+/// Hour-of-week buckets.
+pub const BUCKETS: usize = 168;
+/// Weight of a new observation in the decayed statistics (about five weeks
+/// of memory per bucket).
+pub const ALPHA: f64 = 0.2;
+/// Most silent hours folded in one step (four weeks): older silence adds
+/// nothing the decay has not already forgotten.
+const MAX_SILENT_FOLDS: i64 = 4 * BUCKETS as i64;
+/// First-seen sets stop growing here (a principal with more distinct
+/// executables than this is not one whose novelty means much).
+const MAX_SEEN: usize = 4096;
+/// Rolling window length in minutes.
+pub const ROLLING_MINUTES: usize = 15;
+
+const NS_PER_MINUTE: i64 = 60_000_000_000;
+const NS_PER_HOUR: i64 = 60 * NS_PER_MINUTE;
+const NS_PER_DAY: i64 = 24 * NS_PER_HOUR;
+
+/// Hours since the epoch for a timestamp.
+pub fn hour_index(time_unix_ns: i64) -> i64 {
+    time_unix_ns.div_euclid(NS_PER_HOUR)
+}
+
+/// Hour of week, Monday 00:00 UTC = 0 (the epoch was a Thursday).
+pub fn hour_of_week(hour_index: i64) -> usize {
+    // 1970-01-01 00:00 was Thursday 00:00 = hour 72 of its week.
+    (hour_index + 72).rem_euclid(BUCKETS as i64) as usize
+}
+
+/// A stable 64-bit hash (FNV-1a) for set membership; stable across runs and
+/// builds, unlike `std`'s randomised hasher.
+pub fn stable_hash(text: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in text.as_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+/// The four volume features, as one vector.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Volume {
+    pub events: f64,
+    pub phi_files: f64,
+    pub bytes_read: f64,
+    pub bytes_sent: f64,
+}
+
+impl Volume {
+    fn as_array(self) -> [f64; 4] {
+        [
+            self.events,
+            self.phi_files,
+            self.bytes_read,
+            self.bytes_sent,
+        ]
+    }
+}
+
+/// Decayed statistics of one hour-of-week bucket.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Bucket {
+    /// Observations folded in.
+    pub n: u32,
+    pub mean: [f64; 4],
+    pub var: [f64; 4],
+    /// Decayed share of observed hours in which the entity was active.
+    pub active: f64,
+}
+
+impl Bucket {
+    fn fold(&mut self, volume: Volume) {
+        // Early on, weigh observations equally; later, decay at ALPHA.
+        let alpha = ALPHA.max(1.0 / f64::from(self.n + 1));
+        for (i, x) in volume.as_array().into_iter().enumerate() {
+            let diff = x - self.mean[i];
+            let increment = alpha * diff;
+            self.mean[i] += increment;
+            self.var[i] = (1.0 - alpha) * (self.var[i] + diff * increment);
+        }
+        let was_active = if volume.events > 0.0 { 1.0 } else { 0.0 };
+        self.active += alpha * (was_active - self.active);
+        self.n = self.n.saturating_add(1);
+    }
+
+    /// How far `x` is above this bucket's usual value of feature `i`, in
+    /// standard deviations. The deviation has a floor (1, or 10% of the
+    /// mean) so a perfectly regular history does not make every change
+    /// infinitely surprising; an empty bucket compares against zero.
+    pub fn z(&self, i: usize, x: f64) -> f64 {
+        let std = self.var[i].sqrt().max(1.0).max(0.1 * self.mean[i].abs());
+        (x - self.mean[i]) / std
+    }
+}
+
+/// One entity's baseline (a user, a role or a host).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Baseline {
+    /// Empty until the first hour closes, then [`BUCKETS`] long.
+    pub buckets: Vec<Bucket>,
+    /// Hour index of the open hour, or `None` before the first event.
+    pub open_hour: Option<i64>,
+    pub open: Volume,
+    /// Distinct PHI files of the open hour.
+    open_files: HashSet<u64>,
+    pub seen_exe: HashSet<u64>,
+    pub seen_destination: HashSet<u64>,
+    pub seen_file_class: HashSet<u64>,
+    pub seen_host: HashSet<u64>,
+    /// Day index of the last observed day, and how many distinct days.
+    pub last_day: Option<i64>,
+    pub days_observed: u32,
+    /// Rolling window: (minute index, PHI opens, PHI bytes read) per slot.
+    rolling: Vec<(i64, u32, u64)>,
+}
+
+/// What an event contributes to the volume features.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Contribution<'a> {
+    pub is_phi: bool,
+    pub is_open: bool,
+    pub phi_path: Option<&'a str>,
+    pub bytes_read: u64,
+    pub bytes_sent: u64,
+}
+
+impl Baseline {
+    pub fn decode(bytes: &[u8]) -> Option<Baseline> {
+        postcard::from_bytes(bytes).ok()
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        // Serializing plain owned data into a Vec cannot fail.
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    /// The bucket of an hour (an empty one before any hour has closed).
+    pub fn bucket(&self, hour_index: i64) -> Bucket {
+        self.buckets
+            .get(hour_of_week(hour_index))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Moves the open hour forward to `hour`, folding the closed hour and
+    /// the silent hours between. Returns the folded hours (hour index,
+    /// volume) so a role can fold its members' hours too. Events from an
+    /// earlier hour than the open one count into the open hour.
+    pub fn advance_to(&mut self, hour: i64) -> Vec<(i64, Volume)> {
+        let mut folded = Vec::new();
+        match self.open_hour {
+            None => self.open_hour = Some(hour),
+            Some(open) if hour > open => {
+                if self.buckets.is_empty() {
+                    self.buckets = vec![Bucket::default(); BUCKETS];
+                }
+                self.buckets[hour_of_week(open)].fold(self.open);
+                folded.push((open, self.open));
+                let first_silent = (hour - MAX_SILENT_FOLDS).max(open + 1);
+                for silent in first_silent..hour {
+                    self.buckets[hour_of_week(silent)].fold(Volume::default());
+                    folded.push((silent, Volume::default()));
+                }
+                self.open_hour = Some(hour);
+                self.open = Volume::default();
+                self.open_files.clear();
+            }
+            Some(_) => {}
+        }
+        folded
+    }
+
+    /// Adds an event to the open hour and the rolling window.
+    pub fn add(&mut self, time_unix_ns: i64, contribution: Contribution<'_>) {
+        self.open.events += 1.0;
+        if let Some(path) = contribution.phi_path
+            && self.open_files.insert(stable_hash(path))
+        {
+            self.open.phi_files += 1.0;
+        }
+        self.open.bytes_read += contribution.bytes_read as f64;
+        self.open.bytes_sent += contribution.bytes_sent as f64;
+
+        if contribution.is_phi {
+            let minute = time_unix_ns.div_euclid(NS_PER_MINUTE);
+            if self.rolling.len() != ROLLING_MINUTES {
+                self.rolling = vec![(i64::MIN, 0, 0); ROLLING_MINUTES];
+            }
+            let slot = &mut self.rolling[minute.rem_euclid(ROLLING_MINUTES as i64) as usize];
+            if slot.0 != minute {
+                *slot = (minute, 0, 0);
+            }
+            if contribution.is_open {
+                slot.1 += 1;
+            }
+            slot.2 += contribution.bytes_read;
+        }
+
+        let day = time_unix_ns.div_euclid(NS_PER_DAY);
+        if self.last_day.is_none_or(|last| day > last) {
+            self.last_day = Some(day);
+            self.days_observed += 1;
+        }
+    }
+
+    /// Folds another entity's closed hour into this one (a role folding a
+    /// member's hour), without touching this entity's open hour.
+    pub fn fold_member_hour(&mut self, hour: i64, volume: Volume) {
+        if self.buckets.is_empty() {
+            self.buckets = vec![Bucket::default(); BUCKETS];
+        }
+        self.buckets[hour_of_week(hour)].fold(volume);
+    }
+
+    /// PHI opens and PHI bytes read in the rolling window ending at `time`.
+    pub fn rolling(&self, time_unix_ns: i64) -> (u32, u64) {
+        let now = time_unix_ns.div_euclid(NS_PER_MINUTE);
+        self.rolling
+            .iter()
+            .filter(|(minute, _, _)| *minute > now - ROLLING_MINUTES as i64 && *minute <= now)
+            .fold((0, 0), |(opens, bytes), (_, o, b)| (opens + o, bytes + b))
+    }
+
+    /// True the first time `value` is seen in `set` (and remembers it).
+    pub fn first_seen(set: &mut HashSet<u64>, value: &str) -> bool {
+        let hash = stable_hash(value);
+        if set.contains(&hash) {
+            return false;
+        }
+        if set.len() < MAX_SEEN {
+            set.insert(hash);
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: i64 = NS_PER_HOUR;
+
+    fn phi_open(path: &str) -> Contribution<'_> {
+        Contribution {
+            is_phi: true,
+            is_open: true,
+            phi_path: Some(path),
+            bytes_read: 0,
+            bytes_sent: 0,
+        }
+    }
+
+    #[test]
+    fn epoch_is_thursday() {
+        assert_eq!(hour_of_week(0), 3 * 24);
+        // 2026-11-23 00:00 UTC is a Monday.
+        let monday = 1_795_392_000_i64 * 1_000_000_000;
+        assert_eq!(hour_of_week(hour_index(monday)), 0);
+    }
+
+    #[test]
+    fn a_regular_weekly_hour_learns_its_volume() {
+        let mut b = Baseline::default();
+        // Ten weeks of 20 events every Monday 09:00, nothing else.
+        let monday9 = 1_795_392_000_i64 * 1_000_000_000 + 9 * HOUR;
+        for week in 0..10 {
+            let start = monday9 + week * 168 * HOUR;
+            b.advance_to(hour_index(start));
+            for i in 0..20 {
+                b.add(start + i, phi_open("/phi/a"));
+            }
+        }
+        b.advance_to(hour_index(monday9 + 10 * 168 * HOUR));
+        let bucket = b.bucket(hour_index(monday9));
+        assert!((bucket.mean[0] - 20.0).abs() < 1.0, "{bucket:?}");
+        assert!(bucket.active > 0.9);
+        assert!(bucket.z(0, 20.0).abs() < 1.0);
+        assert!(bucket.z(0, 200.0) > 10.0);
+        // The same hour on Tuesday has only ever been silent.
+        let tuesday9 = b.bucket(hour_index(monday9 + 24 * HOUR));
+        assert!(tuesday9.active < 0.01, "{tuesday9:?}");
+        assert!(tuesday9.z(0, 20.0) > 10.0);
+        assert_eq!(b.days_observed, 10);
+    }
+
+    #[test]
+    fn rolling_window_forgets_after_fifteen_minutes() {
+        let mut b = Baseline::default();
+        let t0 = 1_795_392_000_i64 * 1_000_000_000;
+        for i in 0..30 {
+            b.add(t0 + i * NS_PER_MINUTE / 2, phi_open("/phi/x"));
+        }
+        // Two opens a minute over minutes 0..=14.
+        assert_eq!(b.rolling(t0 + 14 * NS_PER_MINUTE).0, 30);
+        assert_eq!(b.rolling(t0 + 15 * NS_PER_MINUTE).0, 28);
+        assert_eq!(b.rolling(t0 + 40 * NS_PER_MINUTE).0, 0);
+    }
+
+    #[test]
+    fn first_seen_is_true_once() {
+        let mut set = HashSet::new();
+        assert!(Baseline::first_seen(&mut set, "/usr/bin/scp"));
+        assert!(!Baseline::first_seen(&mut set, "/usr/bin/scp"));
+        assert!(Baseline::first_seen(&mut set, "/usr/bin/rsync"));
+    }
+
+    #[test]
+    fn baselines_survive_encoding() {
+        let mut b = Baseline::default();
+        b.advance_to(10);
+        b.add(10 * HOUR, phi_open("/phi/a"));
+        Baseline::first_seen(&mut b.seen_exe, "/bin/cat");
+        let back = Baseline::decode(&b.encode()).expect("decodes");
+        assert_eq!(back, b);
+    }
+}

@@ -1,0 +1,280 @@
+//! `detector run` configuration: built-in defaults, then an optional TOML
+//! file, then `VIGIL_*` environment variables, then flags.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use vigil_schemas::topics;
+
+use crate::{Error, Result};
+
+/// Flags (and their environment variables) of `detector run`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RunArgs {
+    /// TOML file with any of the settings below (flags and environment win).
+    #[arg(long, env = "VIGIL_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Consumer group; detector instances in one group share the partitions.
+    #[arg(long, env = "VIGIL_GROUP")]
+    pub group: Option<String>,
+
+    /// Stable identity of this instance in the group (Kafka static
+    /// membership, e.g. the StatefulSet pod name): a restarted instance
+    /// takes its partitions back at once instead of waiting for the group
+    /// to notice the old member is gone.
+    #[arg(long, env = "VIGIL_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+
+    /// Topic of collector events [default: vigil.events.v1].
+    #[arg(long, env = "VIGIL_EVENTS_TOPIC")]
+    pub events_topic: Option<String>,
+
+    /// Topic for alerts [default: vigil.alerts.v1].
+    #[arg(long, env = "VIGIL_ALERTS_TOPIC")]
+    pub alerts_topic: Option<String>,
+
+    /// Topic for alerts of principals still learning [default: vigil.review.v1].
+    #[arg(long, env = "VIGIL_REVIEW_TOPIC")]
+    pub review_topic: Option<String>,
+
+    /// Topic for the hash-chained audit trail; needs at least as many
+    /// partitions as the events topic [default: vigil.audit.v1].
+    #[arg(long, env = "VIGIL_AUDIT_TOPIC")]
+    pub audit_topic: Option<String>,
+
+    /// Topic for undecodable records [default: vigil.dlq.v1].
+    #[arg(long, env = "VIGIL_DLQ_TOPIC")]
+    pub dlq_topic: Option<String>,
+
+    /// Directory of the RocksDB state (baselines, offsets, chain heads)
+    /// [default: ~/.local/state/vigil/detector].
+    #[arg(long, env = "VIGIL_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Directory of `*.sql` rules, reloaded when files change [default: sql/rules].
+    #[arg(long, env = "VIGIL_RULES_DIR")]
+    pub rules_dir: Option<PathBuf>,
+
+    /// Role mapping TOML (principal or gid -> role), reloaded when it changes.
+    #[arg(long, env = "VIGIL_ROLES")]
+    pub roles: Option<PathBuf>,
+
+    /// Ask the broker for the stored offset itself when resuming a
+    /// partition. Right for Apache Kafka; without it the partition is reread
+    /// from its beginning and already processed records are skipped, which
+    /// the tansu broker needs (it cannot fetch from inside a record batch).
+    #[arg(long, env = "VIGIL_RESUME_EXACT")]
+    pub resume_exact: bool,
+
+    /// Most events in one micro-batch [default: 1024].
+    #[arg(long, env = "VIGIL_BATCH_ROWS")]
+    pub batch_rows: Option<usize>,
+
+    /// Longest wait, in milliseconds, before a partial batch is processed [default: 5].
+    #[arg(long, env = "VIGIL_LINGER_MS")]
+    pub linger_ms: Option<u64>,
+
+    /// Days a principal is observed before its alerts leave learning mode
+    /// (review topic) for the alert topic [default: 7].
+    #[arg(long, env = "VIGIL_LEARNING_DAYS")]
+    pub learning_days: Option<u32>,
+}
+
+/// The same settings in a file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    brokers: Option<String>,
+    group: Option<String>,
+    instance_id: Option<String>,
+    events_topic: Option<String>,
+    alerts_topic: Option<String>,
+    review_topic: Option<String>,
+    audit_topic: Option<String>,
+    dlq_topic: Option<String>,
+    state_dir: Option<PathBuf>,
+    rules_dir: Option<PathBuf>,
+    roles: Option<PathBuf>,
+    batch_rows: Option<usize>,
+    linger_ms: Option<u64>,
+    learning_days: Option<u32>,
+    resume_exact: Option<bool>,
+}
+
+/// Resolved settings of the detector service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DetectorConfig {
+    pub brokers: String,
+    pub group: String,
+    pub instance_id: Option<String>,
+    pub events_topic: String,
+    pub alerts_topic: String,
+    pub review_topic: String,
+    pub audit_topic: String,
+    pub dlq_topic: String,
+    pub state_dir: PathBuf,
+    pub rules_dir: PathBuf,
+    pub roles: Option<PathBuf>,
+    pub batch_rows: usize,
+    pub linger: Duration,
+    pub learning_days: u32,
+    pub resume_exact: bool,
+}
+
+impl DetectorConfig {
+    /// Defaults that work on one machine with `deploy/local/broker.sh`.
+    pub fn defaults(brokers: &str) -> DetectorConfig {
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_default();
+        DetectorConfig {
+            brokers: brokers.to_owned(),
+            group: "vigil-detector".into(),
+            instance_id: None,
+            events_topic: topics::EVENTS.into(),
+            alerts_topic: topics::ALERTS.into(),
+            review_topic: topics::REVIEW.into(),
+            audit_topic: topics::AUDIT.into(),
+            dlq_topic: topics::DLQ.into(),
+            state_dir: home.join(".local/state/vigil/detector"),
+            rules_dir: PathBuf::from("sql/rules"),
+            roles: None,
+            batch_rows: 1024,
+            linger: Duration::from_millis(5),
+            learning_days: 7,
+            resume_exact: false,
+        }
+    }
+
+    /// Defaults < file < environment/flags (`args`, which clap already
+    /// merged from both). `brokers_from_cli` is `None` when neither the flag
+    /// nor the environment named the brokers.
+    pub fn resolve(brokers_from_cli: Option<&str>, args: &RunArgs) -> Result<DetectorConfig> {
+        let mut config = DetectorConfig::defaults(brokers_from_cli.unwrap_or("127.0.0.1:9092"));
+        if let Some(path) = &args.config {
+            let file = read_file(path)?;
+            macro_rules! from_file {
+                ($($field:ident),*) => { $( if let Some(v) = file.$field { config.$field = v; } )* };
+            }
+            if brokers_from_cli.is_none()
+                && let Some(brokers) = file.brokers
+            {
+                config.brokers = brokers;
+            }
+            from_file!(
+                group,
+                events_topic,
+                alerts_topic,
+                review_topic,
+                audit_topic,
+                dlq_topic,
+                state_dir,
+                rules_dir,
+                batch_rows,
+                learning_days
+            );
+            if file.roles.is_some() {
+                config.roles = file.roles;
+            }
+            if file.instance_id.is_some() {
+                config.instance_id = file.instance_id;
+            }
+            if let Some(ms) = file.linger_ms {
+                config.linger = Duration::from_millis(ms);
+            }
+            if let Some(exact) = file.resume_exact {
+                config.resume_exact = exact;
+            }
+        }
+        macro_rules! from_args {
+            ($($field:ident),*) => { $( if let Some(v) = args.$field.clone() { config.$field = v; } )* };
+        }
+        from_args!(
+            group,
+            events_topic,
+            alerts_topic,
+            review_topic,
+            audit_topic,
+            dlq_topic,
+            state_dir,
+            rules_dir,
+            batch_rows,
+            learning_days
+        );
+        if args.roles.is_some() {
+            config.roles = args.roles.clone();
+        }
+        if args.instance_id.is_some() {
+            config.instance_id = args.instance_id.clone();
+        }
+        if let Some(ms) = args.linger_ms {
+            config.linger = Duration::from_millis(ms);
+        }
+        if args.resume_exact {
+            config.resume_exact = true;
+        }
+        if config.batch_rows == 0 {
+            return Err(Error::Config {
+                what: "batch_rows".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
+        Ok(config)
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
+        what: path.display().to_string(),
+        reason: format!("cannot read: {e}"),
+    })?;
+    toml::from_str(&text).map_err(|e| Error::Config {
+        what: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_flags_override_defaults() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("detector.toml");
+        std::fs::write(
+            &file,
+            "brokers = \"10.0.0.1:9092\"\ngroup = \"from-file\"\nbatch_rows = 64\nlinger_ms = 2\n",
+        )
+        .expect("write");
+        let args = RunArgs {
+            config: Some(file.clone()),
+            group: Some("from-flag".into()),
+            ..RunArgs::default()
+        };
+        let config = DetectorConfig::resolve(None, &args).expect("resolves");
+        assert_eq!(config.brokers, "10.0.0.1:9092");
+        assert_eq!(config.group, "from-flag");
+        assert_eq!(config.batch_rows, 64);
+        assert_eq!(config.linger, Duration::from_millis(2));
+        assert_eq!(config.events_topic, "vigil.events.v1");
+
+        let config = DetectorConfig::resolve(Some("127.0.0.2:9092"), &args).expect("resolves");
+        assert_eq!(config.brokers, "127.0.0.2:9092", "flag beats file");
+    }
+
+    #[test]
+    fn unknown_settings_are_refused_by_name() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("detector.toml");
+        std::fs::write(&file, "batch_row = 64\n").expect("write");
+        let args = RunArgs {
+            config: Some(file),
+            ..RunArgs::default()
+        };
+        let err = DetectorConfig::resolve(None, &args).expect_err("typo");
+        assert!(err.to_string().contains("batch_row"), "{err}");
+    }
+}

@@ -1,0 +1,227 @@
+//! The emit operator's first half: turns rule results into OCSF alerts.
+//!
+//! Rows of one rule are grouped by principal and by what makes a firing
+//! distinct — the event (per-event rules) or the window (rules with a
+//! `window`) — and each group becomes one [`Alert`] with a deterministic id,
+//! its triggering events, and the baseline figures of its first event.
+
+use std::collections::{BTreeMap, HashMap};
+
+use datafusion::arrow::array::{Array, RecordBatch, StringArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::DataType;
+use vigil_schemas::Alert;
+use vigil_schemas::alert::{
+    AnalysisTarget, AnomalyAnalysis, NewAlert, Observation, Observations, RelatedEvent,
+};
+
+use crate::events_table::{Features, Row};
+use crate::rules::RuleHeader;
+
+/// Most triggering events listed in one alert.
+pub const MAX_RELATED_EVENTS: usize = 50;
+
+fn event_ids(batch: &RecordBatch) -> Vec<String> {
+    let Ok(column) = batch
+        .schema()
+        .index_of("event_id")
+        .map(|i| batch.column(i).clone())
+    else {
+        return Vec::new();
+    };
+    let Ok(column) = cast(&column, &DataType::Utf8) else {
+        return Vec::new();
+    };
+    let Some(strings) = column.as_any().downcast_ref::<StringArray>() else {
+        return Vec::new();
+    };
+    (0..strings.len())
+        .filter(|&i| strings.is_valid(i))
+        .map(|i| strings.value(i).to_owned())
+        .collect()
+}
+
+fn observation(name: &str, value: impl ToString) -> Observation {
+    Observation {
+        name: name.to_owned(),
+        value: value.to_string(),
+    }
+}
+
+fn observations(parameter: &str, kind: &str, values: Vec<Observation>) -> Observations {
+    Observations {
+        observation_parameter: parameter.to_owned(),
+        observation_type: kind.to_owned(),
+        observations: values,
+    }
+}
+
+/// The baseline figures that made an event anomalous.
+pub fn anomaly_analyses(features: &Features) -> Vec<AnomalyAnalysis> {
+    let mut user_anomalies = vec![
+        observations(
+            "user_hour_events",
+            "Volume",
+            vec![
+                observation("user_hour_events", features.user_hour_events),
+                observation("user_z_volume", format!("{:.2}", features.user_z_volume)),
+            ],
+        ),
+        observations(
+            "user_phi_opens_15m",
+            "Volume",
+            vec![observation(
+                "user_phi_opens_15m",
+                features.user_phi_opens_15m,
+            )],
+        ),
+        observations(
+            "hour_rarity",
+            "Time",
+            vec![observation(
+                "hour_rarity",
+                format!("{:.3}", features.hour_rarity),
+            )],
+        ),
+    ];
+    let novel: Vec<Observation> = [
+        ("first_seen_exe", features.first_seen_exe),
+        ("first_seen_destination", features.first_seen_destination),
+        ("first_seen_file_class", features.first_seen_file_class),
+        ("first_seen_host", features.first_seen_host),
+    ]
+    .into_iter()
+    .filter(|(_, seen)| *seen)
+    .map(|(name, _)| observation(name, true))
+    .collect();
+    if !novel.is_empty() {
+        user_anomalies.push(observations("first_seen", "Novelty", novel));
+    }
+    vec![
+        AnomalyAnalysis {
+            analysis_targets: vec![AnalysisTarget {
+                name: features.principal.clone(),
+                kind: "user".into(),
+            }],
+            anomalies: user_anomalies,
+            baselines: vec![observations(
+                "user_hour_events",
+                "Volume",
+                vec![
+                    observation(
+                        "user_hour_mean_events",
+                        format!("{:.2}", features.user_hour_mean_events),
+                    ),
+                    observation("baseline_days", features.baseline_days),
+                ],
+            )],
+        },
+        AnomalyAnalysis {
+            analysis_targets: vec![AnalysisTarget {
+                name: features.role.clone(),
+                kind: "role".into(),
+            }],
+            anomalies: vec![observations(
+                "role_z_volume",
+                "Volume",
+                vec![observation(
+                    "role_z_volume",
+                    format!("{:.2}", features.role_z_volume),
+                )],
+            )],
+            baselines: vec![],
+        },
+    ]
+}
+
+/// Alerts for one rule's results over a batch of `rows`; `index` maps event
+/// ids to rows.
+pub fn alerts(
+    rule: &RuleHeader,
+    results: &[RecordBatch],
+    rows: &[Row],
+    index: &HashMap<&str, usize>,
+    now_ms: i64,
+) -> Vec<Alert> {
+    // (principal, discriminator) -> row indexes, in first-seen order.
+    let mut groups: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
+    let mut order: Vec<(String, String)> = Vec::new();
+    for batch in results {
+        for event_id in event_ids(batch) {
+            let Some(&i) = index.get(event_id.as_str()) else {
+                continue;
+            };
+            let row = &rows[i];
+            let discriminator = match rule.window {
+                Some(window) => {
+                    let width = window.as_nanos().max(1) as i64;
+                    format!(
+                        "window={}",
+                        row.event.time_unix_ns.div_euclid(width) * width
+                    )
+                }
+                None => format!("event={}", row.event.event_id),
+            };
+            let key = (row.features.principal.clone(), discriminator);
+            let members = groups.entry(key.clone()).or_default();
+            if members.is_empty() {
+                order.push(key);
+            }
+            if !members.contains(&i) {
+                members.push(i);
+            }
+        }
+    }
+    order
+        .into_iter()
+        .filter_map(|key| {
+            let members = groups.get(&key)?;
+            let first = &rows[*members.first()?];
+            let f = &first.features;
+            let target = first
+                .event
+                .path
+                .as_deref()
+                .or(first.event.exe.as_deref())
+                .unwrap_or(first.event.comm.as_str());
+            let description = format!(
+                "{} (role {}) on {}: {} {}; {} events this hour (usual {:.1}, z {:.1}, role z {:.1}), {} PHI opens in 15 min, hour rarity {:.2}",
+                f.principal,
+                f.role,
+                first.event.host,
+                first.event.kind.as_str(),
+                target,
+                f.user_hour_events,
+                f.user_hour_mean_events,
+                f.user_z_volume,
+                f.role_z_volume,
+                f.user_phi_opens_15m,
+                f.hour_rarity,
+            );
+            Some(Alert::new(NewAlert {
+                rule_id: rule.id.clone(),
+                rule_version: rule.version,
+                title: rule.title.clone(),
+                description,
+                severity: rule.severity,
+                hipaa_control: rule.hipaa.clone(),
+                mitre_techniques: rule.mitre.clone(),
+                principal: key.0.clone(),
+                host: first.event.host.clone(),
+                discriminator: key.1.clone(),
+                related_events: members
+                    .iter()
+                    .take(MAX_RELATED_EVENTS)
+                    .map(|&i| RelatedEvent {
+                        uid: rows[i].event.event_id.clone(),
+                        kind: rows[i].event.kind.as_str().to_owned(),
+                        time: rows[i].event.time_unix_ns.div_euclid(1_000_000),
+                    })
+                    .collect(),
+                anomaly_analyses: anomaly_analyses(f),
+                learning: f.learning,
+                time_ms: now_ms,
+            }))
+        })
+        .collect()
+}

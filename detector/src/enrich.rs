@@ -1,0 +1,201 @@
+//! The enrich operator: looks up each event's user, role and host
+//! baselines, updates them with the event, and computes its [`Features`].
+//!
+//! Baselines are cached in memory and written back through the
+//! [`StateStore`] with the batch that changed them ([`Enricher::take_writes`]).
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use vigil_schemas::{Event, Kind};
+
+use crate::Result;
+use crate::baseline::{Baseline, Contribution, hour_index, hour_of_week};
+use crate::events_table::Features;
+use crate::roles::RoleFile;
+use crate::state::{Dimension, StateStore};
+
+/// True for the kinds that touch a file; the collector reports these only
+/// for watched (PHI) paths.
+pub fn is_file_kind(kind: Kind) -> bool {
+    matches!(
+        kind,
+        Kind::Open
+            | Kind::Read
+            | Kind::Write
+            | Kind::Rename
+            | Kind::Unlink
+            | Kind::Truncate
+            | Kind::Chmod
+            | Kind::Chown
+    )
+}
+
+/// The PHI file class of a path: its directory.
+pub fn file_class(path: &str) -> Option<&str> {
+    Path::new(path)
+        .parent()
+        .and_then(Path::to_str)
+        .filter(|p| !p.is_empty())
+}
+
+/// Computes features and keeps baselines current.
+pub struct Enricher {
+    store: Arc<dyn StateStore>,
+    roles: RoleFile,
+    learning_days: u32,
+    cache: HashMap<(Dimension, String), Baseline>,
+    dirty: HashSet<(Dimension, String)>,
+}
+
+impl std::fmt::Debug for Enricher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Enricher")
+            .field("learning_days", &self.learning_days)
+            .field("cached", &self.cache.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Enricher {
+    pub fn new(store: Arc<dyn StateStore>, roles: RoleFile, learning_days: u32) -> Enricher {
+        Enricher {
+            store,
+            roles,
+            learning_days,
+            cache: HashMap::new(),
+            dirty: HashSet::new(),
+        }
+    }
+
+    pub fn roles_mut(&mut self) -> &mut RoleFile {
+        &mut self.roles
+    }
+
+    fn load(&mut self, dimension: Dimension, key: &str) -> Result<Baseline> {
+        if let Some(cached) = self.cache.remove(&(dimension, key.to_owned())) {
+            return Ok(cached);
+        }
+        Ok(self
+            .store
+            .baseline(dimension, key)?
+            .and_then(|bytes| Baseline::decode(&bytes))
+            .unwrap_or_default())
+    }
+
+    fn put(&mut self, dimension: Dimension, key: String, baseline: Baseline) {
+        self.dirty.insert((dimension, key.clone()));
+        self.cache.insert((dimension, key), baseline);
+    }
+
+    /// Updates the baselines with `event` and returns its features.
+    pub fn enrich(&mut self, event: &Event) -> Result<Features> {
+        let principal = event.principal();
+        let role = self.roles.map().role_of(&principal, event.gid).to_owned();
+        let hour = hour_index(event.time_unix_ns);
+        let is_phi = is_file_kind(event.kind) && event.path.is_some();
+        let file_class = if is_phi {
+            event
+                .path
+                .as_deref()
+                .and_then(file_class)
+                .map(str::to_owned)
+        } else {
+            None
+        };
+        let mut features = Features {
+            principal: principal.clone(),
+            role: role.clone(),
+            is_phi,
+            file_class: file_class.clone(),
+            hour_of_week: hour_of_week(hour) as i32,
+            ..Features::default()
+        };
+        if event.kind == Kind::Gap {
+            // A coverage gap is about the pipeline, not about a person.
+            return Ok(features);
+        }
+
+        let mut user = self.load(Dimension::User, &principal)?;
+        let mut role_baseline = self.load(Dimension::Role, &role)?;
+        let mut host = self.load(Dimension::Host, &event.host)?;
+
+        for (closed_hour, volume) in user.advance_to(hour) {
+            role_baseline.fold_member_hour(closed_hour, volume);
+        }
+        host.advance_to(hour);
+
+        let bytes = event.bytes.unwrap_or(0).max(0) as u64;
+        let contribution = Contribution {
+            is_phi,
+            is_open: is_phi && event.kind == Kind::Open,
+            phi_path: if is_phi { event.path.as_deref() } else { None },
+            bytes_read: if is_phi && event.kind == Kind::Read {
+                bytes
+            } else {
+                0
+            },
+            bytes_sent: if event.kind == Kind::Send { bytes } else { 0 },
+        };
+        user.add(event.time_unix_ns, contribution);
+        host.add(event.time_unix_ns, contribution);
+
+        let bucket = user.bucket(hour);
+        features.user_hour_events = user.open.events as i64;
+        features.user_hour_mean_events = bucket.mean[0];
+        features.user_z_volume = bucket.z(0, user.open.events);
+        features.user_z_phi_files = bucket.z(1, user.open.phi_files);
+        features.user_z_bytes_read = bucket.z(2, user.open.bytes_read);
+        features.user_z_bytes_sent = bucket.z(3, user.open.bytes_sent);
+        features.role_z_volume = role_baseline.bucket(hour).z(0, user.open.events);
+        features.host_z_volume = host.bucket(hour).z(0, host.open.events);
+        features.hour_rarity = 1.0 - bucket.active;
+
+        if let Some(exe) = event.exe.as_deref() {
+            features.first_seen_exe = Baseline::first_seen(&mut user.seen_exe, exe);
+        }
+        if matches!(event.kind, Kind::Connect | Kind::Send)
+            && let Some(addr) = event.dst_addr.as_deref()
+        {
+            let destination = format!("{addr}:{}", event.dst_port.unwrap_or(0));
+            features.first_seen_destination =
+                Baseline::first_seen(&mut user.seen_destination, &destination);
+        }
+        if let Some(class) = file_class.as_deref() {
+            features.first_seen_file_class = Baseline::first_seen(&mut user.seen_file_class, class);
+        }
+        features.first_seen_host = Baseline::first_seen(&mut user.seen_host, &event.host);
+
+        let (opens, bytes_read) = user.rolling(event.time_unix_ns);
+        features.user_phi_opens_15m = i64::from(opens);
+        features.user_phi_bytes_read_15m = bytes_read.min(i64::MAX as u64) as i64;
+        features.baseline_days = user.days_observed as i32;
+        // The day in progress does not count towards maturity.
+        features.learning = user.days_observed.saturating_sub(1) < self.learning_days;
+
+        self.put(Dimension::User, principal, user);
+        self.put(Dimension::Role, role, role_baseline);
+        self.put(Dimension::Host, event.host.clone(), host);
+        Ok(features)
+    }
+
+    /// The changed baselines since the last call, encoded for the store.
+    pub fn take_writes(&mut self) -> Vec<(Dimension, String, Vec<u8>)> {
+        let dirty = std::mem::take(&mut self.dirty);
+        dirty
+            .into_iter()
+            .filter_map(|(dimension, key)| {
+                let bytes = self.cache.get(&(dimension, key.clone()))?.encode();
+                Some((dimension, key, bytes))
+            })
+            .collect()
+    }
+
+    /// Forgets cached baselines (after a rebalance, another instance may
+    /// have changed them).
+    pub fn clear_cache(&mut self) {
+        self.cache.clear();
+        self.dirty.clear();
+    }
+}

@@ -1,0 +1,577 @@
+//! `detector run`: the Kafka side of the service.
+//!
+//! A consumer-group member on the events topic with manual offsets. On
+//! assignment, each partition resumes from the offset stored in RocksDB with
+//! the state it produced. Records are micro-batched (bounded by rows and a
+//! linger time), run through the [`Processor`], and its outputs — dead
+//! letters, alerts, review items, audit records — are published with the
+//! idempotent producer. Only when the broker has acknowledged all of them is
+//! the batch's state, with its offsets, written in one atomic batch; then
+//! the offsets are also committed to the group for lag monitoring.
+//!
+//! Cancellation (SIGTERM, Ctrl-C) finishes the batch in hand, flushes and
+//! writes state before returning.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+use vigil_schemas::{AuditRecord, bus, decode};
+
+use crate::config::DetectorConfig;
+use crate::processor::{Input, Output, Processor};
+use crate::roles::RoleFile;
+use crate::rules::RuleSet;
+use crate::state::{ChainHead, RocksStore, StateStore};
+use crate::{Error, Result};
+
+/// How often rule files and the role mapping are checked for changes.
+const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
+/// How often progress is logged.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Consumer context: resumes assigned partitions from the stored offsets.
+///
+/// With `resume_exact` the broker is asked for the stored offset itself
+/// (right for Apache Kafka). Otherwise each assigned partition is read from
+/// its beginning and records below the stored offset are skipped in
+/// [`Pipeline::run`]: the tansu broker (0.6) answers a fetch only from the
+/// first offset of a stored record batch, so asking for an offset inside a
+/// batch would stall the partition forever.
+struct DetectorContext {
+    store: Arc<dyn StateStore>,
+    revoked: Arc<AtomicBool>,
+    resume_exact: bool,
+    /// Next offset to process per partition, from the state store.
+    resume_at: Arc<Mutex<HashMap<i32, i64>>>,
+}
+
+impl ClientContext for DetectorContext {}
+
+impl ConsumerContext for DetectorContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let assigned: Vec<(String, i32)> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_owned(), e.partition()))
+                    .collect();
+                let mut resume_at = self
+                    .resume_at
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                resume_at.clear();
+                for (topic, partition) in &assigned {
+                    let stored = match self.store.offset(topic, *partition) {
+                        Ok(stored) => stored,
+                        Err(e) => {
+                            tracing::error!(%topic, partition, error = %e, "Reading stored offset");
+                            None
+                        }
+                    };
+                    let start = match (stored, self.resume_exact) {
+                        (Some(offset), true) => Offset::Offset(offset),
+                        (Some(offset), false) => {
+                            resume_at.insert(*partition, offset);
+                            Offset::Beginning
+                        }
+                        (None, true) => Offset::Invalid,
+                        (None, false) => Offset::Beginning,
+                    };
+                    tracing::info!(%topic, partition, ?stored, ?start, "Partition assigned");
+                    if let Err(e) = tpl.set_partition_offset(topic, *partition, start) {
+                        tracing::error!(%topic, partition, error = %e, "Cannot set the start offset");
+                    }
+                }
+                drop(resume_at);
+                if let Err(e) = consumer.assign(tpl) {
+                    tracing::error!(error = %e, "Assigning partitions");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.revoked.store(true, Ordering::SeqCst);
+                if let Err(e) = consumer.unassign() {
+                    tracing::error!(error = %e, "Unassigning partitions");
+                }
+            }
+            other => tracing::error!(error = ?other, "Rebalance failed"),
+        }
+    }
+}
+
+/// Counters since start.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Counters {
+    pub batches: u64,
+    /// Records below the stored offset, reread after an assignment.
+    pub skipped: u64,
+    pub events: u64,
+    pub dead_letters: u64,
+    pub alerts: u64,
+    pub review: u64,
+    pub audit: u64,
+    pub rule_errors: u64,
+}
+
+/// Reads the last record of an audit partition, if any. With `exact` it
+/// fetches the last offset directly; otherwise it reads the partition from
+/// its beginning (tansu cannot fetch from inside a record batch).
+fn audit_tail(
+    brokers: &str,
+    topic: &str,
+    partition: i32,
+    exact: bool,
+) -> Result<Option<ChainHead>> {
+    let consumer: BaseConsumer = bus::consumer_config(brokers, "vigil-detector-audit-tail")
+        .create()
+        .map_err(|e| Error::kafka("create audit tail reader", e))?;
+    let (low, high) = consumer
+        .fetch_watermarks(topic, partition, Duration::from_secs(10))
+        .map_err(|e| Error::kafka(format!("watermarks of {topic}/{partition}"), e))?;
+    if high <= low {
+        return Ok(None);
+    }
+    let start = if exact {
+        Offset::Offset(high - 1)
+    } else {
+        Offset::Beginning
+    };
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset(topic, partition, start)
+        .map_err(|e| Error::kafka("build audit tail assignment", e))?;
+    consumer
+        .assign(&assignment)
+        .map_err(|e| Error::kafka("assign audit tail", e))?;
+    // Read to the end: past the high watermark until the partition is
+    // quiet, because tansu (0.6) reports the high watermark as the last
+    // record batch's first offset + 1, not the last record's offset + 1.
+    let idle_limit = Duration::from_secs(10);
+    let quiet = Duration::from_millis(300);
+    let mut last_progress = Instant::now();
+    let mut last: Option<AuditRecord> = None;
+    let mut last_offset = -1;
+    loop {
+        let reached_end = last_offset >= high - 1;
+        let wait = if reached_end {
+            quiet
+        } else {
+            Duration::from_millis(100)
+        };
+        let Some(message) = consumer.poll(wait) else {
+            if reached_end {
+                break;
+            }
+            if last_progress.elapsed() > idle_limit {
+                return Err(Error::Internal {
+                    what: format!(
+                        "reading the tail of {topic}/{partition} stalled below offset {}",
+                        high - 1
+                    ),
+                });
+            }
+            continue;
+        };
+        last_progress = Instant::now();
+        let message =
+            message.map_err(|e| Error::kafka(format!("read tail of {topic}/{partition}"), e))?;
+        let payload = message.payload().unwrap_or_default();
+        let record: AuditRecord = decode(payload).map_err(|e| Error::Internal {
+            what: format!(
+                "{topic}/{partition} offset {} is not an audit record: {e}",
+                message.offset()
+            ),
+        })?;
+        last_offset = message.offset();
+        last = Some(record);
+    }
+    Ok(last.map(|record| {
+        let mut hash = [0u8; 32];
+        if record.hash.len() == 32 {
+            hash.copy_from_slice(&record.hash);
+        }
+        ChainHead {
+            seq: record.seq,
+            hash,
+            source_offset: record.source_offset,
+        }
+    }))
+}
+
+fn partition_count<C: ConsumerContext, T: Consumer<C>>(
+    consumer: &T,
+    brokers: &str,
+    topic: &str,
+) -> Result<usize> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(|e| Error::kafka(format!("metadata of {topic}"), e))?;
+    let count = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().len())
+        .sum();
+    if count == 0 {
+        return Err(Error::UnknownTopic {
+            topic: topic.to_owned(),
+            brokers: brokers.to_owned(),
+        });
+    }
+    Ok(count)
+}
+
+/// The running service.
+pub struct Pipeline {
+    config: DetectorConfig,
+    consumer: StreamConsumer<DetectorContext>,
+    producer: FutureProducer,
+    processor: Processor,
+    revoked: Arc<AtomicBool>,
+    resume_at: Arc<Mutex<HashMap<i32, i64>>>,
+    counters: Counters,
+    /// Fault injection for the crash tests: abort after publishing this
+    /// batch's outputs, before writing its state (`VIGIL_TEST_ABORT_AFTER_PUBLISH`).
+    abort_after_publish: Option<u64>,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("config", &self.config)
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pipeline {
+    /// Opens the state, loads rules and roles, checks the topics and joins
+    /// the consumer group.
+    pub async fn start(config: DetectorConfig) -> Result<Pipeline> {
+        std::fs::create_dir_all(&config.state_dir).map_err(|e| Error::Config {
+            what: config.state_dir.display().to_string(),
+            reason: format!("cannot create the state directory: {e}"),
+        })?;
+        let store: Arc<dyn StateStore> = Arc::new(RocksStore::open(&config.state_dir)?);
+        let (rules, errors) = RuleSet::load_dir(&config.rules_dir).await;
+        for error in &errors {
+            tracing::error!(%error, "Rule refused");
+        }
+        tracing::info!(rules = rules.len(), refused = errors.len(), dir = %config.rules_dir.display(), "Rules loaded");
+        let roles = RoleFile::open(config.roles.as_deref())?;
+
+        let revoked = Arc::new(AtomicBool::new(false));
+        let resume_at = Arc::new(Mutex::new(HashMap::new()));
+        let context = DetectorContext {
+            store: store.clone(),
+            revoked: revoked.clone(),
+            resume_exact: config.resume_exact,
+            resume_at: resume_at.clone(),
+        };
+        let mut consumer_config = bus::consumer_config(&config.brokers, &config.group);
+        if let Some(instance) = &config.instance_id {
+            consumer_config.set("group.instance.id", instance);
+        }
+        let consumer: StreamConsumer<DetectorContext> = consumer_config
+            .create_with_context(context)
+            .map_err(|e| Error::kafka("create consumer", e))?;
+        let events = partition_count(&consumer, &config.brokers, &config.events_topic)?;
+        let audit = partition_count(&consumer, &config.brokers, &config.audit_topic)?;
+        if audit < events {
+            return Err(Error::Config {
+                what: format!("topic {}", config.audit_topic),
+                reason: format!(
+                    "has {audit} partitions but {} has {events}; audit partition p holds the chain of events partition p, so give the audit topic at least {events}",
+                    config.events_topic
+                ),
+            });
+        }
+        for topic in [
+            &config.alerts_topic,
+            &config.review_topic,
+            &config.dlq_topic,
+        ] {
+            partition_count(&consumer, &config.brokers, topic)?;
+        }
+        let producer: FutureProducer = bus::producer_config(&config.brokers)
+            .create()
+            .map_err(|e| Error::kafka("create producer", e))?;
+        consumer
+            .subscribe(&[&config.events_topic])
+            .map_err(|e| Error::kafka(format!("subscribe to {}", config.events_topic), e))?;
+        let processor = Processor::new(
+            store,
+            rules,
+            roles,
+            config.learning_days,
+            &config.events_topic,
+        );
+        Ok(Pipeline {
+            config,
+            consumer,
+            producer,
+            processor,
+            revoked,
+            resume_at,
+            counters: Counters::default(),
+            abort_after_publish: std::env::var("VIGIL_TEST_ABORT_AFTER_PUBLISH")
+                .ok()
+                .and_then(|v| v.parse().ok()),
+        })
+    }
+
+    /// Runs until `shutdown` is cancelled (then drains) or a fatal error.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<Counters> {
+        let mut pending: Vec<Input> = Vec::with_capacity(self.config.batch_rows);
+        let mut deadline = tokio::time::Instant::now() + self.config.linger;
+        let mut next_reload = Instant::now() + RELOAD_INTERVAL;
+        let mut next_progress = Instant::now() + PROGRESS_INTERVAL;
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    if !pending.is_empty() {
+                        self.flush(std::mem::take(&mut pending)).await?;
+                    }
+                    break;
+                }
+                _ = tokio::time::sleep_until(deadline), if !pending.is_empty() => {
+                    self.flush(std::mem::take(&mut pending)).await?;
+                }
+                message = self.consumer.recv() => {
+                    let message = message.map_err(|e| Error::kafka("consume", e))?;
+                    let already_processed = self
+                        .resume_at
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .get(&message.partition())
+                        .is_some_and(|next| message.offset() < *next);
+                    if already_processed {
+                        self.counters.skipped += 1;
+                        continue;
+                    }
+                    if pending.is_empty() {
+                        deadline = tokio::time::Instant::now() + self.config.linger;
+                    }
+                    pending.push(Input {
+                        partition: message.partition(),
+                        offset: message.offset(),
+                        key: message.key().map(<[u8]>::to_vec),
+                        payload: message.payload().map(<[u8]>::to_vec),
+                    });
+                    if pending.len() >= self.config.batch_rows {
+                        self.flush(std::mem::take(&mut pending)).await?;
+                    }
+                }
+            }
+            if Instant::now() >= next_reload {
+                next_reload = Instant::now() + RELOAD_INTERVAL;
+                self.reload().await;
+            }
+            if Instant::now() >= next_progress {
+                next_progress = Instant::now() + PROGRESS_INTERVAL;
+                let c = self.counters;
+                tracing::info!(
+                    batches = c.batches,
+                    events = c.events,
+                    alerts = c.alerts,
+                    review = c.review,
+                    audit = c.audit,
+                    dead_letters = c.dead_letters,
+                    rule_errors = c.rule_errors,
+                    "Progress"
+                );
+            }
+        }
+        self.producer
+            .flush(Duration::from_secs(30))
+            .map_err(|e| Error::kafka("flush producer", e))?;
+        tracing::info!(?self.counters, "Stopped");
+        Ok(self.counters)
+    }
+
+    async fn reload(&mut self) {
+        for outcome in self.processor.rules_mut().reload().await {
+            match outcome {
+                Ok(id) => tracing::info!(rule = %id, "Rule loaded"),
+                Err(error) => {
+                    tracing::error!(%error, "Rule refused; its previous version, if any, keeps running")
+                }
+            }
+        }
+        match self
+            .processor
+            .enricher_mut()
+            .roles_mut()
+            .reload_if_changed()
+        {
+            Ok(true) => tracing::info!("Role mapping reloaded"),
+            Ok(false) => {}
+            Err(error) => {
+                tracing::error!(%error, "Role mapping refused; the previous one stays in force")
+            }
+        }
+    }
+
+    async fn flush(&mut self, inputs: Vec<Input>) -> Result<()> {
+        if self.revoked.swap(false, Ordering::SeqCst) {
+            self.processor.reset_after_rebalance();
+        }
+        let partitions: HashSet<i32> = inputs.iter().map(|i| i.partition).collect();
+        for partition in self.processor.unopened(partitions.iter().copied()) {
+            let brokers = self.config.brokers.clone();
+            let topic = self.config.audit_topic.clone();
+            let exact = self.config.resume_exact;
+            let head =
+                tokio::task::spawn_blocking(move || audit_tail(&brokers, &topic, partition, exact))
+                    .await
+                    .map_err(|e| Error::Internal {
+                        what: format!("audit tail reader panicked: {e}"),
+                    })??;
+            tracing::info!(partition, ?head, "Audit chain tail read from the topic");
+            self.processor.open_chain(partition, head)?;
+        }
+
+        let now_ns = now_unix_ns();
+        let output = self.processor.process(inputs, now_ns).await?;
+        for (rule, error) in &output.rule_errors {
+            tracing::error!(%rule, %error, "Rule failed on a batch");
+        }
+        self.publish(&output).await?;
+        if self.abort_after_publish == Some(self.counters.batches + 1) {
+            tracing::error!(
+                batch = self.counters.batches + 1,
+                "Fault injection: aborting after publishing, before writing state"
+            );
+            std::process::abort();
+        }
+
+        let offsets = output.state.offsets.clone();
+        self.counters.batches += 1;
+        self.counters.events += output.events as u64;
+        self.counters.dead_letters += output.dead_letters.len() as u64;
+        self.counters.alerts += output.alerts.len() as u64;
+        self.counters.review += output.review.len() as u64;
+        self.counters.audit += output.audit.len() as u64;
+        self.counters.rule_errors += output.rule_errors.len() as u64;
+        self.processor.commit(output.state)?;
+
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition, offset) in offsets {
+            let _ = tpl.add_partition_offset(&topic, partition, Offset::Offset(offset));
+        }
+        if let Err(e) = self
+            .consumer
+            .commit(&tpl, rdkafka::consumer::CommitMode::Async)
+        {
+            tracing::warn!(error = %e, "Committing offsets to the group (state already holds them)");
+        }
+        Ok(())
+    }
+
+    /// Publishes a batch's outputs and waits for every acknowledgement.
+    /// Sends run concurrently; a full producer queue makes them wait
+    /// (backpressure), never drops them.
+    async fn publish(&self, output: &Output) -> Result<()> {
+        let config = &self.config;
+        let timeout = Duration::from_secs(60);
+
+        let dead_letter_headers: Vec<OwnedHeaders> = output
+            .dead_letters
+            .iter()
+            .map(|letter| {
+                OwnedHeaders::new()
+                    .insert(Header {
+                        key: "vigil.source.topic",
+                        value: Some(config.events_topic.as_str()),
+                    })
+                    .insert(Header {
+                        key: "vigil.source.partition",
+                        value: Some(&letter.input.partition.to_string()),
+                    })
+                    .insert(Header {
+                        key: "vigil.source.offset",
+                        value: Some(&letter.input.offset.to_string()),
+                    })
+                    .insert(Header {
+                        key: "vigil.error",
+                        value: Some(letter.error.as_str()),
+                    })
+            })
+            .collect();
+        let mut documents = Vec::new();
+        for (topic, alerts) in [
+            (&config.alerts_topic, &output.alerts),
+            (&config.review_topic, &output.review),
+        ] {
+            for alert in alerts {
+                let json = serde_json::to_vec(alert).map_err(|e| Error::Internal {
+                    what: format!("serializing alert: {e}"),
+                })?;
+                documents.push((topic, alert.unmapped.vigil.principal.as_bytes(), json));
+            }
+        }
+        let mut encoded = Vec::with_capacity(output.audit.len());
+        for record in &output.audit {
+            let bytes = vigil_schemas::encode(record).map_err(|e| Error::Internal {
+                what: format!("encoding audit record: {e}"),
+            })?;
+            encoded.push((record.partition, record.principal.as_bytes(), bytes));
+        }
+
+        let mut sends = Vec::new();
+        for (letter, headers) in output.dead_letters.iter().zip(dead_letter_headers) {
+            let mut record: FutureRecord<'_, [u8], [u8]> =
+                FutureRecord::to(&config.dlq_topic).headers(headers);
+            if let Some(key) = letter.input.key.as_deref() {
+                record = record.key(key);
+            }
+            if let Some(payload) = letter.input.payload.as_deref() {
+                record = record.payload(payload);
+            }
+            sends.push(self.producer.send(record, timeout));
+        }
+
+        for (topic, key, json) in &documents {
+            let record: FutureRecord<'_, [u8], [u8]> =
+                FutureRecord::to(topic).key(*key).payload(json);
+            sends.push(self.producer.send(record, timeout));
+        }
+
+        for (partition, key, bytes) in &encoded {
+            let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&config.audit_topic)
+                .partition(*partition)
+                .key(*key)
+                .payload(bytes);
+            sends.push(self.producer.send(record, timeout));
+        }
+
+        for result in futures::future::join_all(sends).await {
+            if let Err((e, _)) = result {
+                return Err(Error::kafka("publish output", e));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Wall-clock now in nanoseconds since the epoch.
+pub fn now_unix_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,242 @@
+//! The in-process operator chain, without Kafka: decode → enrich with
+//! baselines → evaluate rules → alerts, review items, audit records and
+//! dead letters, plus the state write that goes with them.
+//!
+//! [`crate::pipeline`] feeds it from the consumer and publishes what it
+//! returns; `rules test` and the benchmark feed it directly.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use vigil_schemas::{Alert, AuditRecord, Event, decode};
+
+use crate::Result;
+use crate::audit_chain::{AuditChains, is_audited};
+use crate::detection;
+use crate::enrich::Enricher;
+use crate::events_table::{self, Row};
+use crate::roles::RoleFile;
+use crate::rules::RuleSet;
+use crate::state::{ChainHead, StateStore, StateWrite};
+
+/// One consumed record.
+#[derive(Debug, Clone)]
+pub struct Input {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+}
+
+/// A record that could not be processed, with why.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub input: Input,
+    pub error: String,
+}
+
+/// Everything one batch produces.
+#[derive(Debug, Default)]
+pub struct Output {
+    pub dead_letters: Vec<DeadLetter>,
+    pub alerts: Vec<Alert>,
+    pub review: Vec<Alert>,
+    pub audit: Vec<AuditRecord>,
+    /// (rule id, error) for rules that failed on this batch.
+    pub rule_errors: Vec<(String, String)>,
+    /// Events decoded.
+    pub events: usize,
+    /// To commit once the outputs are acknowledged.
+    pub state: StateWrite,
+}
+
+/// Decodes and checks one record: it must be an event keyed by its
+/// principal.
+pub fn decode_input(input: &Input) -> std::result::Result<Event, String> {
+    let payload = input
+        .payload
+        .as_deref()
+        .ok_or_else(|| "record has no value".to_owned())?;
+    let event: Event = decode(payload).map_err(|e| e.to_string())?;
+    let principal = event.principal();
+    match input.key.as_deref() {
+        Some(key) if key == principal.as_bytes() => Ok(event),
+        Some(key) => Err(format!(
+            "record key `{}` is not the event's principal `{principal}`; the producer must key events by principal",
+            String::from_utf8_lossy(key)
+        )),
+        None => Err(format!(
+            "record has no key; the producer must key events by principal (`{principal}`)"
+        )),
+    }
+}
+
+/// The operator chain and its state.
+#[derive(Debug)]
+pub struct Processor {
+    store: Arc<dyn StateStore>,
+    enricher: Enricher,
+    rules: RuleSet,
+    chains: AuditChains,
+    opened: HashSet<i32>,
+    events_topic: String,
+}
+
+impl Processor {
+    pub fn new(
+        store: Arc<dyn StateStore>,
+        rules: RuleSet,
+        roles: RoleFile,
+        learning_days: u32,
+        events_topic: &str,
+    ) -> Processor {
+        Processor {
+            enricher: Enricher::new(store.clone(), roles, learning_days),
+            store,
+            rules,
+            chains: AuditChains::default(),
+            opened: HashSet::new(),
+            events_topic: events_topic.to_owned(),
+        }
+    }
+
+    pub fn rules(&self) -> &RuleSet {
+        &self.rules
+    }
+
+    pub fn rules_mut(&mut self) -> &mut RuleSet {
+        &mut self.rules
+    }
+
+    pub fn enricher_mut(&mut self) -> &mut Enricher {
+        &mut self.enricher
+    }
+
+    /// Partitions whose audit chain has not been opened since the last
+    /// rebalance.
+    pub fn unopened(&self, partitions: impl IntoIterator<Item = i32>) -> Vec<i32> {
+        let mut unopened: Vec<i32> = partitions
+            .into_iter()
+            .filter(|p| !self.opened.contains(p))
+            .collect();
+        unopened.sort_unstable();
+        unopened.dedup();
+        unopened
+    }
+
+    /// Opens a partition's chain at the later of the stored head and the
+    /// head read from the audit topic (records published before a crash
+    /// that the state did not yet record).
+    pub fn open_chain(&mut self, partition: i32, from_topic: Option<ChainHead>) -> Result<()> {
+        let stored = self.store.chain_head(partition)?;
+        let head = match (stored, from_topic) {
+            (Some(a), Some(b)) => Some(if b.seq > a.seq { b } else { a }),
+            (a, b) => a.or(b),
+        };
+        self.chains.set_head(partition, head);
+        self.opened.insert(partition);
+        Ok(())
+    }
+
+    /// Forgets caches and chain heads after partitions were revoked.
+    pub fn reset_after_rebalance(&mut self) {
+        self.enricher.clear_cache();
+        self.chains.clear();
+        self.opened.clear();
+    }
+
+    /// Processes one batch of records in order. `now_ns` stamps alerts and
+    /// audit records.
+    pub async fn process(&mut self, inputs: Vec<Input>, now_ns: i64) -> Result<Output> {
+        let mut output = Output::default();
+        let mut next_offsets: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut rows: Vec<Row> = Vec::with_capacity(inputs.len());
+        for input in inputs {
+            let next = next_offsets
+                .entry(input.partition)
+                .or_insert(input.offset + 1);
+            *next = (*next).max(input.offset + 1);
+            match decode_input(&input) {
+                Ok(event) => {
+                    let features = self.enricher.enrich(&event)?;
+                    rows.push(Row {
+                        event,
+                        features,
+                        partition: input.partition,
+                        offset: input.offset,
+                    });
+                }
+                Err(error) => output.dead_letters.push(DeadLetter { input, error }),
+            }
+        }
+        output.events = rows.len();
+
+        if !rows.is_empty() && !self.rules.is_empty() {
+            let batch = events_table::build_batch(&rows)?;
+            let index: HashMap<&str, usize> = rows
+                .iter()
+                .enumerate()
+                .rev()
+                .map(|(i, r)| (r.event.event_id.as_str(), i))
+                .collect();
+            let now_ms = now_ns.div_euclid(1_000_000);
+            let mut fired: HashSet<String> = HashSet::new();
+            for (rule, result) in self.rules.evaluate(&batch).await {
+                let results = match result {
+                    Ok(results) => results,
+                    Err(e) => {
+                        output
+                            .rule_errors
+                            .push((rule.header.id.clone(), e.to_string()));
+                        continue;
+                    }
+                };
+                for alert in detection::alerts(&rule.header, &results, &rows, &index, now_ms) {
+                    let id = alert.id().to_owned();
+                    if fired.contains(&id) || self.store.was_alerted(&id)? {
+                        continue;
+                    }
+                    fired.insert(id.clone());
+                    output
+                        .state
+                        .alerted
+                        .push((id, alert.finding_info.first_seen_time));
+                    if alert.unmapped.vigil.learning {
+                        output.review.push(alert);
+                    } else {
+                        output.alerts.push(alert);
+                    }
+                }
+            }
+        }
+
+        for row in &rows {
+            if is_audited(&row.event, row.features.is_phi)
+                && let Some(record) = self.chains.append(
+                    row.partition,
+                    &row.event,
+                    &row.features.principal,
+                    &self.events_topic,
+                    row.offset,
+                    now_ns,
+                )?
+            {
+                output.audit.push(record);
+            }
+        }
+
+        output.state.baselines = self.enricher.take_writes();
+        output.state.chain_heads = self.chains.take_changed();
+        output.state.offsets = next_offsets
+            .into_iter()
+            .map(|(partition, offset)| (self.events_topic.clone(), partition, offset))
+            .collect();
+        Ok(output)
+    }
+
+    /// Commits a processed batch's state (after its outputs were
+    /// acknowledged).
+    pub fn commit(&self, state: StateWrite) -> Result<()> {
+        self.store.commit(state)
+    }
+}

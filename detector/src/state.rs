@@ -1,0 +1,312 @@
+//! Durable detector state behind a small trait: baselines per dimension,
+//! consumed offsets, audit chain heads and recently emitted alert ids.
+//!
+//! [`RocksStore`] is the real store: one column family per kind of state,
+//! and every batch's changes — baselines, the offsets that produced them,
+//! chain heads, alert ids — land in one atomic `WriteBatch`, so after a
+//! crash the state and the offsets agree. [`MemStore`] serves tests that
+//! are not about storage.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use rocksdb::{ColumnFamilyDescriptor, DB, Options, WriteBatch};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// Which baseline a key belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dimension {
+    User,
+    Role,
+    Host,
+}
+
+impl Dimension {
+    pub const ALL: [Dimension; 3] = [Dimension::User, Dimension::Role, Dimension::Host];
+
+    fn column_family(self) -> &'static str {
+        match self {
+            Dimension::User => "user",
+            Dimension::Role => "role",
+            Dimension::Host => "host",
+        }
+    }
+}
+
+/// The last record written to one audit partition's hash chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainHead {
+    /// Sequence number of the last record (the next one is `seq + 1`).
+    pub seq: i64,
+    pub hash: [u8; 32],
+    /// Source offset of the event the last record was made from.
+    pub source_offset: i64,
+}
+
+/// Everything one processed batch changes, written atomically.
+#[derive(Debug, Default)]
+pub struct StateWrite {
+    pub baselines: Vec<(Dimension, String, Vec<u8>)>,
+    /// (topic, partition, next offset to consume)
+    pub offsets: Vec<(String, i32, i64)>,
+    pub chain_heads: Vec<(i32, ChainHead)>,
+    /// (alert id, event time in ms): alerts already published.
+    pub alerted: Vec<(String, i64)>,
+}
+
+/// Storage for detector state.
+pub trait StateStore: Send + Sync + std::fmt::Debug {
+    fn baseline(&self, dimension: Dimension, key: &str) -> Result<Option<Vec<u8>>>;
+    /// Next offset to consume for a partition, if this store has one.
+    fn offset(&self, topic: &str, partition: i32) -> Result<Option<i64>>;
+    fn chain_head(&self, partition: i32) -> Result<Option<ChainHead>>;
+    fn was_alerted(&self, alert_id: &str) -> Result<bool>;
+    /// Applies a batch's changes atomically and durably.
+    fn commit(&self, write: StateWrite) -> Result<()>;
+}
+
+const CF_OFFSETS: &str = "offsets";
+const CF_CHAIN: &str = "audit_chain";
+const CF_ALERTED: &str = "alerted";
+
+fn offset_key(topic: &str, partition: i32) -> Vec<u8> {
+    let mut key = topic.as_bytes().to_vec();
+    key.push(0);
+    key.extend_from_slice(&partition.to_be_bytes());
+    key
+}
+
+/// RocksDB-backed state.
+pub struct RocksStore {
+    db: DB,
+}
+
+impl std::fmt::Debug for RocksStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RocksStore")
+            .field("path", &self.db.path())
+            .finish()
+    }
+}
+
+impl RocksStore {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<RocksStore> {
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        let families = Dimension::ALL
+            .iter()
+            .map(|d| d.column_family())
+            .chain([CF_OFFSETS, CF_CHAIN, CF_ALERTED])
+            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        let db = DB::open_cf_descriptors(&options, dir, families).map_err(|e| Error::State {
+            context: format!("open RocksDB at {}", dir.display()),
+            source: Box::new(e),
+        })?;
+        Ok(RocksStore { db })
+    }
+
+    fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily> {
+        self.db.cf_handle(name).ok_or_else(|| Error::State {
+            context: format!("column family {name} is missing"),
+            source: "state directory was created by another program".into(),
+        })
+    }
+
+    fn get(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.db.get_cf(self.cf(cf)?, key).map_err(|e| Error::State {
+            context: format!("read {cf}"),
+            source: Box::new(e),
+        })
+    }
+}
+
+impl StateStore for RocksStore {
+    fn baseline(&self, dimension: Dimension, key: &str) -> Result<Option<Vec<u8>>> {
+        self.get(dimension.column_family(), key.as_bytes())
+    }
+
+    fn offset(&self, topic: &str, partition: i32) -> Result<Option<i64>> {
+        Ok(self
+            .get(CF_OFFSETS, &offset_key(topic, partition))?
+            .and_then(|v| v.try_into().ok().map(i64::from_be_bytes)))
+    }
+
+    fn chain_head(&self, partition: i32) -> Result<Option<ChainHead>> {
+        self.get(CF_CHAIN, &partition.to_be_bytes())?
+            .map(|bytes| {
+                postcard::from_bytes(&bytes).map_err(|e| Error::State {
+                    context: format!("decode audit chain head of partition {partition}"),
+                    source: Box::new(e),
+                })
+            })
+            .transpose()
+    }
+
+    fn was_alerted(&self, alert_id: &str) -> Result<bool> {
+        Ok(self.get(CF_ALERTED, alert_id.as_bytes())?.is_some())
+    }
+
+    fn commit(&self, write: StateWrite) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        for (dimension, key, value) in &write.baselines {
+            batch.put_cf(self.cf(dimension.column_family())?, key.as_bytes(), value);
+        }
+        for (topic, partition, offset) in &write.offsets {
+            batch.put_cf(
+                self.cf(CF_OFFSETS)?,
+                offset_key(topic, *partition),
+                offset.to_be_bytes(),
+            );
+        }
+        for (partition, head) in &write.chain_heads {
+            let bytes = postcard::to_allocvec(head).map_err(|e| Error::State {
+                context: "encode audit chain head".into(),
+                source: Box::new(e),
+            })?;
+            batch.put_cf(self.cf(CF_CHAIN)?, partition.to_be_bytes(), bytes);
+        }
+        for (alert_id, time_ms) in &write.alerted {
+            batch.put_cf(
+                self.cf(CF_ALERTED)?,
+                alert_id.as_bytes(),
+                time_ms.to_be_bytes(),
+            );
+        }
+        let mut options = rocksdb::WriteOptions::default();
+        options.set_sync(true);
+        self.db
+            .write_opt(batch, &options)
+            .map_err(|e| Error::State {
+                context: "commit batch state".into(),
+                source: Box::new(e),
+            })
+    }
+}
+
+/// In-memory state for tests that are not about storage (and for
+/// `rules test`, which must not touch a service's state).
+#[derive(Debug, Default)]
+pub struct MemStore {
+    inner: Mutex<MemInner>,
+}
+
+#[derive(Debug, Default)]
+struct MemInner {
+    baselines: HashMap<(&'static str, String), Vec<u8>>,
+    offsets: HashMap<(String, i32), i64>,
+    chain: HashMap<i32, ChainHead>,
+    alerted: HashMap<String, i64>,
+}
+
+impl MemStore {
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemInner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl StateStore for MemStore {
+    fn baseline(&self, dimension: Dimension, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .lock()
+            .baselines
+            .get(&(dimension.column_family(), key.to_owned()))
+            .cloned())
+    }
+
+    fn offset(&self, topic: &str, partition: i32) -> Result<Option<i64>> {
+        Ok(self
+            .lock()
+            .offsets
+            .get(&(topic.to_owned(), partition))
+            .copied())
+    }
+
+    fn chain_head(&self, partition: i32) -> Result<Option<ChainHead>> {
+        Ok(self.lock().chain.get(&partition).cloned())
+    }
+
+    fn was_alerted(&self, alert_id: &str) -> Result<bool> {
+        Ok(self.lock().alerted.contains_key(alert_id))
+    }
+
+    fn commit(&self, write: StateWrite) -> Result<()> {
+        let mut inner = self.lock();
+        for (dimension, key, value) in write.baselines {
+            inner
+                .baselines
+                .insert((dimension.column_family(), key), value);
+        }
+        for (topic, partition, offset) in write.offsets {
+            inner.offsets.insert((topic, partition), offset);
+        }
+        for (partition, head) in write.chain_heads {
+            inner.chain.insert(partition, head);
+        }
+        for (alert_id, time) in write.alerted {
+            inner.alerted.insert(alert_id, time);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exercise(store: &dyn StateStore) {
+        assert_eq!(store.offset("t", 0).expect("read"), None);
+        store
+            .commit(StateWrite {
+                baselines: vec![(Dimension::User, "alice".into(), vec![1, 2, 3])],
+                offsets: vec![("t".into(), 0, 42), ("t".into(), 1, 7)],
+                chain_heads: vec![(
+                    0,
+                    ChainHead {
+                        seq: 9,
+                        hash: [5; 32],
+                        source_offset: 41,
+                    },
+                )],
+                alerted: vec![("abc".into(), 1)],
+            })
+            .expect("commit");
+        assert_eq!(
+            store.baseline(Dimension::User, "alice").expect("read"),
+            Some(vec![1, 2, 3])
+        );
+        assert_eq!(
+            store.baseline(Dimension::Role, "alice").expect("read"),
+            None
+        );
+        assert_eq!(store.offset("t", 0).expect("read"), Some(42));
+        assert_eq!(store.offset("t", 1).expect("read"), Some(7));
+        assert_eq!(store.offset("u", 0).expect("read"), None);
+        assert_eq!(store.chain_head(0).expect("read").map(|h| h.seq), Some(9));
+        assert!(store.was_alerted("abc").expect("read"));
+        assert!(!store.was_alerted("abd").expect("read"));
+    }
+
+    #[test]
+    fn mem_store_keeps_what_it_is_given() {
+        exercise(&MemStore::default());
+    }
+
+    #[test]
+    fn rocks_store_keeps_state_across_reopen() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        exercise(&RocksStore::open(dir.path()).expect("open"));
+        let reopened = RocksStore::open(dir.path()).expect("reopen");
+        assert_eq!(reopened.offset("t", 0).expect("read"), Some(42));
+        assert_eq!(
+            reopened.baseline(Dimension::User, "alice").expect("read"),
+            Some(vec![1, 2, 3])
+        );
+    }
+}

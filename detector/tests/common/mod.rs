@@ -1,0 +1,178 @@
+//! Fixtures for the detector's integration tests: topics on a real tansu
+//! broker, events, rule directories, and reading outputs back.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::OwnedMessage;
+use rdkafka::producer::FutureRecord;
+use vigil_detector::config::DetectorConfig;
+use vigil_schemas::testkit::TestBroker;
+use vigil_schemas::{Event, Kind, encode};
+
+pub const DAY: i64 = 86_400_000_000_000;
+/// Monday 2026-11-23 00:00 UTC.
+pub const MONDAY: i64 = 1_795_392_000_000_000_000;
+
+/// The topics of one detector under test.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    pub events: String,
+    pub alerts: String,
+    pub review: String,
+    pub audit: String,
+    pub dlq: String,
+}
+
+pub async fn topics(broker: &TestBroker, partitions: i32) -> Topics {
+    Topics {
+        events: broker.topic("det.events", partitions).await,
+        alerts: broker.topic("det.alerts", 1).await,
+        review: broker.topic("det.review", 1).await,
+        audit: broker.topic("det.audit", partitions).await,
+        dlq: broker.topic("det.dlq", 1).await,
+    }
+}
+
+/// A rule pack directory with copies of the named rules from `sql/rules`.
+pub fn rules_dir(names: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp rules dir");
+    for name in names {
+        let source = repo().join("sql/rules").join(format!("{name}.sql"));
+        std::fs::copy(&source, dir.path().join(format!("{name}.sql")))
+            .unwrap_or_else(|e| panic!("copy {}: {e}", source.display()));
+    }
+    dir
+}
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub fn config(broker: &TestBroker, topics: &Topics, state: &Path, rules: &Path) -> DetectorConfig {
+    let mut config = DetectorConfig::defaults(broker.bootstrap());
+    config.group = format!("{}-group", topics.events);
+    config.events_topic = topics.events.clone();
+    config.alerts_topic = topics.alerts.clone();
+    config.review_topic = topics.review.clone();
+    config.audit_topic = topics.audit.clone();
+    config.dlq_topic = topics.dlq.clone();
+    config.state_dir = state.to_path_buf();
+    config.rules_dir = rules.to_path_buf();
+    config.learning_days = 1;
+    config
+}
+
+/// A PHI file event of a human session.
+pub fn file_event(user: &str, kind: Kind, path: &str, time: i64, seq: i64) -> Event {
+    Event {
+        event_id: format!("ehr-01-{user}-{seq}"),
+        host: "ehr-01".into(),
+        seq,
+        time_unix_ns: time,
+        kind,
+        errno: 0,
+        pid: 4242,
+        ppid: 1,
+        tid: 4242,
+        uid: 1000,
+        euid: 1000,
+        gid: 1000,
+        login_uid: Some(1000),
+        user_name: Some(user.into()),
+        login_name: Some(user.into()),
+        comm: "ehr-client".into(),
+        exe: Some("/usr/bin/ehr-client".into()),
+        argv: vec![],
+        parent_exe: None,
+        cgroup_id: 1,
+        container_id: None,
+        path: Some(path.into()),
+        new_path: None,
+        flags: Some(0),
+        mode: None,
+        family: None,
+        src_addr: None,
+        src_port: None,
+        dst_addr: None,
+        dst_port: None,
+        bytes: None,
+        target_id: None,
+        gap: None,
+    }
+}
+
+pub async fn produce_events(broker: &TestBroker, topic: &str, events: &[Event]) {
+    let producer = broker.producer();
+    let encoded: Vec<(String, Vec<u8>)> = events
+        .iter()
+        .map(|e| (e.principal(), encode(e).expect("event encodes")))
+        .collect();
+    let mut sends = Vec::new();
+    for (key, payload) in &encoded {
+        sends.push(producer.send(
+            FutureRecord::to(topic).key(key).payload(payload),
+            Duration::from_secs(30),
+        ));
+    }
+    for result in futures::future::join_all(sends).await {
+        result.unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
+    }
+}
+
+pub async fn produce_raw(broker: &TestBroker, topic: &str, key: &str, payload: &[u8]) {
+    broker
+        .producer()
+        .send(
+            FutureRecord::to(topic).key(key).payload(payload),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
+}
+
+/// Reads a topic from the beginning until `expected` records arrived and
+/// then `settle` passed without more, or `timeout` passed.
+pub async fn read_topic(
+    broker: &TestBroker,
+    topic: &str,
+    expected: usize,
+    settle: Duration,
+    timeout: Duration,
+) -> Vec<OwnedMessage> {
+    let consumer: StreamConsumer = broker.consumer(&format!("reader-{topic}-{}", rand_suffix()));
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut messages = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let wait = if messages.len() >= expected {
+            settle
+        } else {
+            deadline.saturating_duration_since(tokio::time::Instant::now())
+        };
+        match tokio::time::timeout(wait, consumer.recv()).await {
+            Ok(Ok(message)) => messages.push(message.detach()),
+            Ok(Err(e)) => panic!("consume {topic}: {e}"),
+            Err(_) => break,
+        }
+        if tokio::time::Instant::now() > deadline {
+            break;
+        }
+    }
+    messages
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+pub fn alert_json(message: &OwnedMessage) -> serde_json::Value {
+    serde_json::from_slice(message.payload().expect("alert has a payload")).expect("alert is JSON")
+}
