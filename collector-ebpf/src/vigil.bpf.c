@@ -41,6 +41,7 @@ const volatile __u32 self_tgid = 0;
 const volatile __u32 uid_mode = VIGIL_SCOPE_ALL;
 const volatile __u32 cgroup_mode = VIGIL_SCOPE_ALL;
 const volatile __u32 watch_relative = 1;
+const volatile __u64 rollup_interval_ns = 60ull * 1000000000ull;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -634,6 +635,15 @@ int vigil_exit_creat(struct sys_exit_ctx *ctx) { return finish(ctx->ret); }
 SEC("tracepoint/syscalls/sys_exit_openat2")
 int vigil_exit_openat2(struct sys_exit_ctx *ctx) { return finish(ctx->ret); }
 
+/* The read and write roll-ups of a watched descriptor so far. */
+static __always_inline void emit_file_rollups(struct vigil_tracked *file)
+{
+	if (file->read_bytes)
+		emit_rollup(&file->rec, VIGIL_KIND_READ, file->read_bytes);
+	if (file->write_bytes)
+		emit_rollup(&file->rec, VIGIL_KIND_WRITE, file->write_bytes);
+}
+
 /* read/write family: remember which watched descriptor this thread is
  * using; at exit add the bytes moved. Other descriptors cost one lookup. */
 static __always_inline int io_enter(__u64 fd)
@@ -658,6 +668,15 @@ static __always_inline int io_exit(__s64 ret, bool is_write)
 			__sync_fetch_and_add(&file->write_bytes, ret);
 		else
 			__sync_fetch_and_add(&file->read_bytes, ret);
+		/* long-lived descriptors report periodically, not only at close;
+		 * the tracked record's timestamp is the last report */
+		__u64 now = bpf_ktime_get_ns();
+		if (rollup_interval_ns && now - file->rec.ktime_ns >= rollup_interval_ns) {
+			emit_file_rollups(file);
+			file->read_bytes = 0;
+			file->write_bytes = 0;
+			file->rec.ktime_ns = now;
+		}
 	}
 	bpf_map_delete_elem(&inflight_io, &tid);
 	return 0;
@@ -694,14 +713,6 @@ int vigil_exit_writev(struct sys_exit_ctx *ctx) { return io_exit(ctx->ret, true)
 static __always_inline int dup_enter(__u64 oldfd)
 {
 	return io_enter(oldfd);
-}
-
-static __always_inline void emit_file_rollups(struct vigil_tracked *file)
-{
-	if (file->read_bytes)
-		emit_rollup(&file->rec, VIGIL_KIND_READ, file->read_bytes);
-	if (file->write_bytes)
-		emit_rollup(&file->rec, VIGIL_KIND_WRITE, file->write_bytes);
 }
 
 static __always_inline int dup_exit(__s64 ret)

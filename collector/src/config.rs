@@ -107,6 +107,12 @@ pub struct Args {
     #[arg(long, env = "VIGIL_FLUSH_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub flush_timeout: Option<Duration>,
 
+    /// Byte roll-ups of a watched file still open are reported at the first
+    /// read or write after this long (and at close). 0 reports at close
+    /// only. Default 60s.
+    #[arg(long, env = "VIGIL_ROLLUP_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub rollup_interval: Option<Duration>,
+
     /// Host name on events. Default: the kernel's host name.
     #[arg(long, env = "VIGIL_HOST", value_name = "NAME")]
     pub host: Option<String>,
@@ -129,6 +135,8 @@ pub struct FileConfig {
     pub stats_interval: Option<Duration>,
     #[serde(default, with = "humantime_opt")]
     pub flush_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_opt")]
+    pub rollup_interval: Option<Duration>,
     pub host: Option<String>,
 }
 
@@ -164,6 +172,7 @@ pub struct Config {
     pub queue_capacity: usize,
     pub stats_interval: Duration,
     pub flush_timeout: Duration,
+    pub rollup_interval: Duration,
     pub host: Option<String>,
 }
 
@@ -231,6 +240,10 @@ impl Config {
                 .flush_timeout
                 .or(file.flush_timeout)
                 .unwrap_or(Duration::from_secs(10)),
+            rollup_interval: args
+                .rollup_interval
+                .or(file.rollup_interval)
+                .unwrap_or(Duration::from_secs(60)),
             host: args.host.or(file.host),
         })
     }

@@ -94,11 +94,14 @@ impl Probes {
         let uid_mode = scope_mode(&config.uids);
         let cgroup_mode = scope_mode(&config.cgroups);
         let watch_relative: u32 = 1;
+        let rollup_interval_ns =
+            u64::try_from(config.rollup_interval.as_nanos()).unwrap_or(u64::MAX);
         let mut ebpf = EbpfLoader::new()
             .override_global("self_tgid", &self_tgid, true)
             .override_global("uid_mode", &uid_mode, true)
             .override_global("cgroup_mode", &cgroup_mode, true)
             .override_global("watch_relative", &watch_relative, true)
+            .override_global("rollup_interval_ns", &rollup_interval_ns, true)
             .map_max_entries("events", config.ringbuf_bytes)
             .load(OBJECT)
             .map_err(|e| Error::Load(Box::new(e)))?;

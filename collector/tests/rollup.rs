@@ -1,0 +1,71 @@
+//! Long-lived descriptors: byte roll-ups are reported while the file is
+//! still open (at the first write after the roll-up interval), and the
+//! rest at close, so the totals add up.
+
+mod common;
+
+use std::io::Write;
+use std::time::Duration;
+
+use common::{Collector, consume_until, require_root};
+use vigil_schemas::Kind;
+use vigil_schemas::testkit::TestBroker;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_files_report_bytes_periodically_and_at_close() {
+    require_root();
+    let broker = TestBroker::start();
+    let topic = broker.topic("collector.rollup", 1).await;
+    let watched = tempfile::tempdir().expect("watched temp dir");
+    let collector = Collector::start(
+        broker.bootstrap(),
+        &topic,
+        watched.path(),
+        &["--rollup-interval", "1s"],
+    );
+    let path = watched.path().join("journal.log");
+    let path_s = path.to_str().expect("utf-8").to_owned();
+    let writes_of = |events: &[common::Published]| -> Vec<i64> {
+        events
+            .iter()
+            .filter(|p| p.event.kind == Kind::Write && p.event.path.as_deref() == Some(&path_s))
+            .filter_map(|p| p.event.bytes)
+            .collect()
+    };
+
+    let mut file = std::fs::File::create(&path).expect("create");
+    file.write_all(&[b'a'; 100]).expect("first write");
+    std::thread::sleep(Duration::from_millis(1500));
+    file.write_all(&[b'b'; 200])
+        .expect("write after the interval");
+    // Reported while the file is still open.
+    let while_open = consume_until(
+        broker.bootstrap(),
+        &topic,
+        Duration::from_secs(20),
+        |events| !writes_of(events).is_empty(),
+    )
+    .await;
+    assert_eq!(
+        writes_of(&while_open),
+        vec![300],
+        "one roll-up of both writes before close:\n{}",
+        collector.stderr()
+    );
+
+    file.write_all(&[b'c'; 50]).expect("last write");
+    drop(file);
+    let events = consume_until(
+        broker.bootstrap(),
+        &topic,
+        Duration::from_secs(20),
+        |events| writes_of(events).len() >= 2,
+    )
+    .await;
+    collector.stop();
+    assert_eq!(
+        writes_of(&events),
+        vec![300, 50],
+        "the rest at close; totals add up"
+    );
+}
