@@ -7,7 +7,7 @@
 # Bare and attached runs alternate, so drift hits both. Prints a table.
 #
 #   collector/bench/overhead.sh            # ITERATIONS=200000 ROUNDS=5
-# Needs: gcc, redis-server and redis-benchmark (apt-get install redis-server),
+# Needs: gcc, python3, redis-server and redis-benchmark (deploy/local/setup.sh),
 # tansu (deploy/local/setup.sh), and the release collector:
 #   cargo build --release -p vigil-collector
 set -euo pipefail
@@ -75,10 +75,10 @@ for dir in phi other; do
   bare=$(tr ' ' '\n' <<< "${times[bare-$dir]}" | grep . | median)
   with=$(tr ' ' '\n' <<< "${times[vigil-$dir]}" | grep . | median)
   label=$([[ $dir == phi ]] && echo "watched" || echo "not watched")
-  printf '%-22s %8s %8s %8.3f\n' "$label" "$bare" "$with" "$(echo "$with / $bare" | bc -l)"
+  printf '%-22s %8s %8s %8.3f\n' "$label" "$bare" "$with" "$(awk -v w="$with" -v b="$bare" 'BEGIN {print w / b}')"
 done
 phi_with=$(tr ' ' '\n' <<< "${times[vigil-phi]}" | grep . | median)
-echo "watched-file events/s with the collector (open + read roll-up per iteration): $(echo "2 * $ITERATIONS / $phi_with" | bc)"
+echo "watched-file events/s with the collector (open + read roll-up per iteration): $(awk -v n="$ITERATIONS" -v t="$phi_with" 'BEGIN {printf "%d", 2 * n / t}')"
 
 if command -v redis-server > /dev/null && command -v redis-benchmark > /dev/null; then
   rport=$((port + 1))
@@ -98,5 +98,5 @@ if command -v redis-server > /dev/null && command -v redis-benchmark > /dev/null
   echo
   echo "redis-benchmark SET+GET requests/s, $REDIS_REQUESTS requests each, median of $ROUNDS:"
   printf '%-22s %10s %10s %8s\n' "" bare collector ratio
-  printf '%-22s %10s %10s %8.3f\n' "default scope" "$bare" "$with" "$(echo "$with / $bare" | bc -l)"
+  printf '%-22s %10s %10s %8.3f\n' "default scope" "$bare" "$with" "$(awk -v w="$with" -v b="$bare" 'BEGIN {print w / b}')"
 fi

@@ -2,7 +2,8 @@
 # Installs what Vigil needs on a Debian host, skipping whatever is already there:
 #   - apt packages: the C toolchain and libraries the Rust crates build against
 #     (clang/libclang for bindgen, llvm and libbpf-dev/bpftool for the eBPF
-#     programs, cmake and zlib for librdkafka and RocksDB);
+#     programs, cmake and zlib for librdkafka and RocksDB, redis-server for
+#     the collector's overhead benchmark);
 #   - the tansu Kafka-protocol broker 0.6.0 in ~/.cargo/bin (about 25 minutes
 #     to build once on 2 cores; reused afterwards).
 # Safe to run again: it only installs what is missing. Needs root for apt.
@@ -10,7 +11,7 @@ set -euo pipefail
 
 TANSU_VERSION=0.6.0
 APT_PACKAGES=(build-essential pkg-config cmake clang llvm libclang-dev libbpf-dev bpftool
-  zlib1g-dev libssl-dev libsasl2-dev protobuf-compiler curl)
+  zlib1g-dev libssl-dev libsasl2-dev protobuf-compiler curl redis-server)
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 
