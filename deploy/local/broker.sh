@@ -23,7 +23,7 @@ URL=tcp://127.0.0.1:$PORT
 TOPICS=(
   vigil.events.v1:6
   vigil.alerts.v1:3
-  vigil.audit.v1:3
+  vigil.audit.v1:6
   vigil.review.v1:1
   vigil.dlq.v1:1
 )

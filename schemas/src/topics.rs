@@ -2,7 +2,8 @@
 //!
 //! Events are keyed by principal, so the events topic's partition count bounds
 //! how many detector instances can share the work. The audit topic's
-//! partitions are separate hash chains.
+//! partitions are separate hash chains: audit partition `p` holds the chain
+//! of events partition `p`, so it needs at least as many partitions.
 
 /// Syscall events from collectors (Avro [`crate::Event`], key = principal).
 pub const EVENTS: &str = "vigil.events.v1";
@@ -16,4 +17,4 @@ pub const REVIEW: &str = "vigil.review.v1";
 pub const DLQ: &str = "vigil.dlq.v1";
 
 /// Every Vigil topic with its default partition count.
-pub const ALL: [(&str, i32); 5] = [(EVENTS, 6), (ALERTS, 3), (AUDIT, 3), (REVIEW, 1), (DLQ, 1)];
+pub const ALL: [(&str, i32); 5] = [(EVENTS, 6), (ALERTS, 3), (AUDIT, 6), (REVIEW, 1), (DLQ, 1)];
