@@ -18,7 +18,9 @@ use vigil_schemas::{Event, Kind, encode};
 const MONDAY: i64 = 1_795_392_000_000_000_000;
 
 fn rule(dir: &Path, id: &str, severity: &str, window: Option<&str>, predicate: &str) {
-    let window = window.map(|w| format!("-- window: {w}\n")).unwrap_or_default();
+    let window = window
+        .map(|w| format!("-- window: {w}\n"))
+        .unwrap_or_default();
     let text = format!(
         "-- id: {id}\n-- title: bench {id}\n-- severity: {severity}\n-- hipaa: 164.312(b)\n-- mitre: T1005\n-- version: 1\n{window}SELECT * FROM events WHERE {predicate}\n"
     );
@@ -37,20 +39,50 @@ fn twenty_rules(dir: &Path) {
     }
     let mut n = std::fs::read_dir(dir).expect("dir").count();
     let shapes: [(&str, Option<&str>, &str); 9] = [
-        ("high", Some("15m"), "is_phi AND user_z_volume > 6 AND hour_rarity > 0.9"),
-        ("medium", None, "kind = 'exec' AND first_seen_exe AND parent_exe LIKE '%postgres%'"),
-        ("high", None, "kind = 'connect' AND first_seen_destination AND role = 'backup'"),
-        ("medium", Some("1h"), "is_phi AND first_seen_file_class AND NOT learning"),
+        (
+            "high",
+            Some("15m"),
+            "is_phi AND user_z_volume > 6 AND hour_rarity > 0.9",
+        ),
+        (
+            "medium",
+            None,
+            "kind = 'exec' AND first_seen_exe AND parent_exe LIKE '%postgres%'",
+        ),
+        (
+            "high",
+            None,
+            "kind = 'connect' AND first_seen_destination AND role = 'backup'",
+        ),
+        (
+            "medium",
+            Some("1h"),
+            "is_phi AND first_seen_file_class AND NOT learning",
+        ),
         ("low", None, "errno = 13 AND is_phi"),
         ("high", Some("15m"), "user_phi_bytes_read_15m > 50000000"),
-        ("medium", None, "kind IN ('setuid', 'capset') AND target_id = 0 AND login_uid IS NOT NULL"),
-        ("high", Some("15m"), "is_phi AND role_z_volume > 8 AND host_z_volume > 3"),
+        (
+            "medium",
+            None,
+            "kind IN ('setuid', 'capset') AND target_id = 0 AND login_uid IS NOT NULL",
+        ),
+        (
+            "high",
+            Some("15m"),
+            "is_phi AND role_z_volume > 8 AND host_z_volume > 3",
+        ),
         ("low", None, "kind = 'rename' AND new_path LIKE '/tmp/%'"),
     ];
     let mut i = 0;
     while n < 20 {
         let (severity, window, predicate) = shapes[i % shapes.len()];
-        rule(dir, &format!("bench-{i:02}"), severity, window, &format!("{predicate} AND seq >= {i}"));
+        rule(
+            dir,
+            &format!("bench-{i:02}"),
+            severity,
+            window,
+            &format!("{predicate} AND seq >= {i}"),
+        );
         i += 1;
         n += 1;
     }
@@ -119,7 +151,13 @@ async fn processor(state: &Path, rules: &Path) -> Processor {
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(rule_set.len(), 20, "twenty rules");
     let store = Arc::new(RocksStore::open(state).expect("rocksdb"));
-    let mut processor = Processor::new(store, rule_set, RoleFile::open(None).expect("roles"), 7, "bench");
+    let mut processor = Processor::new(
+        store,
+        rule_set,
+        RoleFile::open(None).expect("roles"),
+        7,
+        "bench",
+    );
     for partition in 0..6 {
         processor.open_chain(partition, None).expect("open chain");
     }
