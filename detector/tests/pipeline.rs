@@ -7,7 +7,9 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{DAY, MONDAY, alert_json, file_event, produce_events, produce_raw, read_topic};
+use common::{
+    DAY, MONDAY, alert_json, file_event, produce_events, produce_raw, read_topic, rule_of,
+};
 use rdkafka::Message;
 use rdkafka::message::Headers;
 use tokio_util::sync::CancellationToken;
@@ -150,10 +152,7 @@ async fn events_become_alerts_review_items_audit_records_and_dead_letters() {
                     .as_str()
                     .unwrap_or_default()
                     .to_owned(),
-                a["finding_info"]["analytic"]["uid"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
+                rule_of(&a),
             )
         })
         .collect();
@@ -243,16 +242,7 @@ async fn broken_rules_are_refused_and_a_fixed_version_is_hot_reloaded() {
     )
     .await;
     let alerts = read_topic(&broker, &topics.alerts, 1, SETTLE, TIMEOUT).await;
-    let rules_fired: Vec<String> = alerts
-        .iter()
-        .map(alert_json)
-        .map(|a| {
-            a["finding_info"]["analytic"]["uid"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned()
-        })
-        .collect();
+    let rules_fired: Vec<String> = alerts.iter().map(|m| rule_of(&alert_json(m))).collect();
     assert_eq!(
         rules_fired,
         vec!["audit-log-tampering"],
@@ -279,16 +269,7 @@ async fn broken_rules_are_refused_and_a_fixed_version_is_hot_reloaded() {
     )
     .await;
     let alerts = read_topic(&broker, &topics.alerts, 2, SETTLE, TIMEOUT).await;
-    let rules_fired: BTreeSet<String> = alerts
-        .iter()
-        .map(alert_json)
-        .map(|a| {
-            a["finding_info"]["analytic"]["uid"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned()
-        })
-        .collect();
+    let rules_fired: BTreeSet<String> = alerts.iter().map(|m| rule_of(&alert_json(m))).collect();
     assert_eq!(
         rules_fired,
         BTreeSet::from(["audit-log-tampering".to_owned(), "phi-write".to_owned()])

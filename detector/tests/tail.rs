@@ -5,58 +5,26 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use rdkafka::producer::FutureRecord;
+mod common;
+
+use common::{file_event, produce_raw as produce};
 use serde_json::Value;
 use vigil_schemas::testkit::TestBroker;
 use vigil_schemas::{Event, Kind, encode};
 
+/// Bob opens chart `seq`; the second open is refused (EACCES).
 fn event(seq: i64) -> Event {
-    Event {
-        event_id: format!("ws-07-run1-{seq}"),
-        host: "ws-07".into(),
+    let mut event = file_event(
+        "bob",
+        Kind::Open,
+        &format!("/phi/chart-{seq}.pdf"),
+        1_795_000_000_000_000_000 + seq,
         seq,
-        time_unix_ns: 1_795_000_000_000_000_000 + seq,
-        kind: Kind::Open,
-        errno: if seq == 1 { 13 } else { 0 },
-        pid: 900,
-        ppid: 1,
-        tid: 900,
-        uid: 1001,
-        euid: 1001,
-        gid: 1001,
-        login_uid: Some(1001),
-        user_name: Some("bob".into()),
-        login_name: Some("bob".into()),
-        comm: "less".into(),
-        exe: Some("/usr/bin/less".into()),
-        argv: vec![],
-        parent_exe: None,
-        cgroup_id: 1,
-        container_id: None,
-        path: Some(format!("/phi/chart-{seq}.pdf")),
-        new_path: None,
-        flags: Some(0),
-        mode: None,
-        family: None,
-        src_addr: None,
-        src_port: None,
-        dst_addr: None,
-        dst_port: None,
-        bytes: None,
-        target_id: None,
-        gap: None,
+    );
+    if seq == 1 {
+        event.errno = 13;
     }
-}
-
-async fn produce(broker: &TestBroker, topic: &str, key: &str, payload: &[u8]) {
-    broker
-        .producer()
-        .send(
-            FutureRecord::to(topic).key(key).payload(payload),
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
+    event
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -176,3 +176,11 @@ fn rand_suffix() -> u128 {
 pub fn alert_json(message: &OwnedMessage) -> serde_json::Value {
     serde_json::from_slice(message.payload().expect("alert has a payload")).expect("alert is JSON")
 }
+
+/// The id of the rule that raised an alert document.
+pub fn rule_of(alert: &serde_json::Value) -> String {
+    alert["finding_info"]["analytic"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
