@@ -36,7 +36,7 @@ enum Command {
     /// Resumes each partition from the offset stored with its state in
     /// RocksDB. SIGTERM or Ctrl-C finishes the batch in hand, flushes the
     /// producer, writes state and exits. Set VIGIL_LOG=info for progress.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
 
     /// Detection rules.
     #[command(subcommand)]
