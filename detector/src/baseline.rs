@@ -7,14 +7,15 @@
 //! active in that hour at all. The open hour's totals accumulate as events
 //! arrive; when an event from a later hour arrives, the closed hour (and any
 //! silent hours between, as zeros) is folded into its bucket. A user also
-//! keeps first-seen sets (executables, destinations, PHI file classes, source
-//! hosts), a 15-minute rolling window of PHI opens and bytes read, and the
-//! number of distinct days it has been observed (its maturity).
+//! keeps first-seen sets (executables, destinations, PHI file classes), when
+//! it first appeared on each host, when it last gained root, a 15-minute
+//! rolling window of PHI opens and bytes read, and the number of distinct
+//! days it has been observed (its maturity).
 //!
 //! Time is the event's own timestamp, so replayed or simulated history
 //! builds the same baselines as live traffic.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +32,10 @@ const MAX_SILENT_FOLDS: i64 = 4 * BUCKETS as i64;
 const MAX_SEEN: usize = 4096;
 /// Rolling window length in minutes.
 pub const ROLLING_MINUTES: usize = 15;
+
+/// First byte of an encoded baseline; bumped whenever the layout changes,
+/// so state written by another version is recognised instead of misread.
+const STATE_VERSION: u8 = 2;
 
 const NS_PER_MINUTE: i64 = 60_000_000_000;
 const NS_PER_HOUR: i64 = 60 * NS_PER_MINUTE;
@@ -127,8 +132,13 @@ pub struct Baseline {
     pub seen_exe: HashSet<u64>,
     pub seen_destination: HashSet<u64>,
     pub seen_file_class: HashSet<u64>,
-    pub seen_host: HashSet<u64>,
-    /// Day index of the last observed day, and how many distinct days.
+    /// Host (hashed) -> when the entity was first seen on it.
+    pub seen_host: HashMap<u64, i64>,
+    /// When the entity last gained root (see [`Baseline::note_escalation`]).
+    pub last_escalation_ns: Option<i64>,
+    /// Day index of the first and the last observed day, and how many
+    /// distinct days.
+    pub first_day: Option<i64>,
     pub last_day: Option<i64>,
     pub days_observed: u32,
     /// Rolling window: (minute index, PHI opens, PHI bytes read) per slot.
@@ -146,13 +156,20 @@ pub struct Contribution<'a> {
 }
 
 impl Baseline {
+    /// Decodes a stored baseline; `None` when it was written by a detector
+    /// with another state layout (or is corrupt).
     pub fn decode(bytes: &[u8]) -> Option<Baseline> {
-        postcard::from_bytes(bytes).ok()
+        match bytes.split_first() {
+            Some((&STATE_VERSION, body)) => postcard::from_bytes(body).ok(),
+            _ => None,
+        }
     }
 
     pub fn encode(&self) -> Vec<u8> {
         // Serializing plain owned data into a Vec cannot fail.
-        postcard::to_allocvec(self).unwrap_or_default()
+        let mut bytes = vec![STATE_VERSION];
+        bytes.extend(postcard::to_allocvec(self).unwrap_or_default());
+        bytes
     }
 
     /// The bucket of an hour (an empty one before any hour has closed).
@@ -218,6 +235,9 @@ impl Baseline {
         }
 
         let day = time_unix_ns.div_euclid(NS_PER_DAY);
+        if self.first_day.is_none_or(|first| day < first) {
+            self.first_day = Some(day);
+        }
         if self.last_day.is_none_or(|last| day > last) {
             self.last_day = Some(day);
             self.days_observed += 1;
@@ -240,6 +260,44 @@ impl Baseline {
             .iter()
             .filter(|(minute, _, _)| *minute > now - ROLLING_MINUTES as i64 && *minute <= now)
             .fold((0, 0), |(opens, bytes), (_, o, b)| (opens + o, bytes + b))
+    }
+
+    /// Whole days from the entity's first observed day to the day of
+    /// `time_unix_ns` (0 on its first day): the age of its baseline.
+    pub fn age_days(&self, time_unix_ns: i64) -> i64 {
+        self.first_day.map_or(0, |first| {
+            (time_unix_ns.div_euclid(NS_PER_DAY) - first).max(0)
+        })
+    }
+
+    /// Hours since the entity was first seen on `host` (0 the first time;
+    /// remembers it).
+    pub fn hours_on_host(&mut self, host: &str, time_unix_ns: i64) -> f64 {
+        let hash = stable_hash(host);
+        let first = match self.seen_host.get(&hash) {
+            Some(first) => *first,
+            None => {
+                if self.seen_host.len() < MAX_SEEN {
+                    self.seen_host.insert(hash, time_unix_ns);
+                }
+                time_unix_ns
+            }
+        };
+        (time_unix_ns - first).max(0) as f64 / NS_PER_HOUR as f64
+    }
+
+    /// Remembers that the entity gained root at `time_unix_ns`.
+    pub fn note_escalation(&mut self, time_unix_ns: i64) {
+        self.last_escalation_ns = Some(
+            self.last_escalation_ns
+                .map_or(time_unix_ns, |t| t.max(time_unix_ns)),
+        );
+    }
+
+    /// Minutes since the entity last gained root, if it ever did.
+    pub fn minutes_since_escalation(&self, time_unix_ns: i64) -> Option<f64> {
+        self.last_escalation_ns
+            .map(|t| (time_unix_ns - t).max(0) as f64 / NS_PER_MINUTE as f64)
     }
 
     /// True the first time `value` is seen in `set` (and remembers it).
@@ -302,6 +360,8 @@ mod tests {
         assert!(tuesday9.active < 0.01, "{tuesday9:?}");
         assert!(tuesday9.z(0, 20.0) > 10.0);
         assert_eq!(b.days_observed, 10);
+        // Ten Mondays: 63 days from the first to the last.
+        assert_eq!(b.age_days(monday9 + 9 * 168 * HOUR), 63);
     }
 
     #[test]
@@ -331,7 +391,35 @@ mod tests {
         b.advance_to(10);
         b.add(10 * HOUR, phi_open("/phi/a"));
         Baseline::first_seen(&mut b.seen_exe, "/bin/cat");
-        let back = Baseline::decode(&b.encode()).expect("decodes");
+        b.hours_on_host("ehr-01", 10 * HOUR);
+        b.note_escalation(10 * HOUR);
+        let bytes = b.encode();
+        let back = Baseline::decode(&bytes).expect("decodes");
         assert_eq!(back, b);
+        // State of another layout version is refused, not misread.
+        let mut other = bytes.clone();
+        other[0] = STATE_VERSION + 1;
+        assert_eq!(Baseline::decode(&other), None);
+        assert_eq!(Baseline::decode(&bytes[1..]), None);
+    }
+
+    #[test]
+    fn hours_on_host_count_from_the_first_visit() {
+        let mut b = Baseline::default();
+        assert_eq!(b.hours_on_host("ws-07", 5 * HOUR), 0.0);
+        assert_eq!(b.hours_on_host("ws-07", 8 * HOUR), 3.0);
+        assert_eq!(b.hours_on_host("ws-09", 8 * HOUR), 0.0);
+    }
+
+    #[test]
+    fn escalation_age_is_in_minutes_from_the_latest() {
+        let mut b = Baseline::default();
+        assert_eq!(b.minutes_since_escalation(HOUR), None);
+        b.note_escalation(HOUR);
+        b.note_escalation(HOUR / 2);
+        assert_eq!(
+            b.minutes_since_escalation(HOUR + 10 * NS_PER_MINUTE),
+            Some(10.0)
+        );
     }
 }

@@ -76,8 +76,8 @@ pub struct RunArgs {
     #[arg(long, env = "VIGIL_LINGER_MS")]
     pub linger_ms: Option<u64>,
 
-    /// Days a principal is observed before its alerts leave learning mode
-    /// (review topic) for the alert topic [default: 7].
+    /// Days from a principal's first event until its alerts leave learning
+    /// mode (review topic) for the alert topic [default: 7].
     #[arg(long, env = "VIGIL_LEARNING_DAYS")]
     pub learning_days: Option<u32>,
 }

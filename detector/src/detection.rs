@@ -97,6 +97,28 @@ pub fn anomaly_analyses(features: &Features) -> Vec<AnomalyAnalysis> {
     if !novel.is_empty() {
         user_anomalies.push(observations("first_seen", "Novelty", novel));
     }
+    if features.hours_on_host < 24.0 {
+        user_anomalies.push(observations(
+            "hours_on_host",
+            "Novelty",
+            vec![observation(
+                "hours_on_host",
+                format!("{:.1}", features.hours_on_host),
+            )],
+        ));
+    }
+    if let Some(minutes) = features.minutes_since_escalation
+        && minutes < 60.0
+    {
+        user_anomalies.push(observations(
+            "minutes_since_escalation",
+            "Privilege",
+            vec![observation(
+                "minutes_since_escalation",
+                format!("{minutes:.1}"),
+            )],
+        ));
+    }
     vec![
         AnomalyAnalysis {
             analysis_targets: vec![AnalysisTarget {

@@ -32,6 +32,28 @@ pub fn is_file_kind(kind: Kind) -> bool {
     )
 }
 
+/// Capabilities that let a process read any file: CAP_DAC_OVERRIDE (1),
+/// CAP_DAC_READ_SEARCH (2) and CAP_SYS_ADMIN (21).
+const FILE_READ_CAPS: i64 = (1 << 1) | (1 << 2) | (1 << 21);
+
+/// True when the event gives a principal that is not root itself the
+/// power of root: a successful setuid or setgid to 0, or a capset granting
+/// a capability that reads any file.
+pub fn is_escalation(event: &Event) -> bool {
+    let not_root = match event.login_uid {
+        Some(login) => login != 0,
+        None => event.uid != 0,
+    };
+    let gains = match event.kind {
+        Kind::Setuid | Kind::Setgid => event.target_id == Some(0),
+        Kind::Capset => event
+            .target_id
+            .is_some_and(|caps| caps & FILE_READ_CAPS != 0),
+        _ => false,
+    };
+    not_root && gains && event.errno == 0
+}
+
 /// The PHI file class of a path: its directory.
 pub fn file_class(path: &str) -> Option<&str> {
     Path::new(path)
@@ -77,11 +99,17 @@ impl Enricher {
         if let Some(cached) = self.cache.remove(&(dimension, key.to_owned())) {
             return Ok(cached);
         }
-        Ok(self
-            .store
-            .baseline(dimension, key)?
-            .and_then(|bytes| Baseline::decode(&bytes))
-            .unwrap_or_default())
+        let Some(bytes) = self.store.baseline(dimension, key)? else {
+            return Ok(Baseline::default());
+        };
+        Ok(Baseline::decode(&bytes).unwrap_or_else(|| {
+            tracing::warn!(
+                ?dimension,
+                key,
+                "Stored baseline has another state layout (written by another detector version); starting this baseline afresh"
+            );
+            Baseline::default()
+        }))
     }
 
     fn put(&mut self, dimension: Dimension, key: String, baseline: Baseline) {
@@ -165,14 +193,21 @@ impl Enricher {
         if let Some(class) = file_class.as_deref() {
             features.first_seen_file_class = Baseline::first_seen(&mut user.seen_file_class, class);
         }
-        features.first_seen_host = Baseline::first_seen(&mut user.seen_host, &event.host);
+        features.hours_on_host = user.hours_on_host(&event.host, event.time_unix_ns);
+        features.first_seen_host = features.hours_on_host == 0.0;
+        if is_escalation(event) {
+            user.note_escalation(event.time_unix_ns);
+        }
+        features.minutes_since_escalation = user.minutes_since_escalation(event.time_unix_ns);
 
         let (opens, bytes_read) = user.rolling(event.time_unix_ns);
         features.user_phi_opens_15m = i64::from(opens);
         features.user_phi_bytes_read_15m = bytes_read.min(i64::MAX as u64) as i64;
         features.baseline_days = user.days_observed as i32;
-        // The day in progress does not count towards maturity.
-        features.learning = user.days_observed.saturating_sub(1) < self.learning_days;
+        features.baseline_age_days = user.age_days(event.time_unix_ns) as i32;
+        // Maturity is calendar age, so a weekly job is judged after a week
+        // of its history, not after seven of its runs.
+        features.learning = features.baseline_age_days < self.learning_days as i32;
 
         self.put(Dimension::User, principal, user);
         self.put(Dimension::Role, role, role_baseline);

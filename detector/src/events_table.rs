@@ -35,9 +35,12 @@ pub struct Features {
     pub first_seen_destination: bool,
     pub first_seen_file_class: bool,
     pub first_seen_host: bool,
+    pub hours_on_host: f64,
+    pub minutes_since_escalation: Option<f64>,
     pub user_phi_opens_15m: i64,
     pub user_phi_bytes_read_15m: i64,
     pub baseline_days: i32,
+    pub baseline_age_days: i32,
     pub learning: bool,
 }
 
@@ -114,9 +117,12 @@ pub fn schema() -> SchemaRef {
                 field("first_seen_destination", Boolean, false),
                 field("first_seen_file_class", Boolean, false),
                 field("first_seen_host", Boolean, false),
+                field("hours_on_host", Float64, false),
+                field("minutes_since_escalation", Float64, true),
                 field("user_phi_opens_15m", Int64, false),
                 field("user_phi_bytes_read_15m", Int64, false),
                 field("baseline_days", Int32, false),
+                field("baseline_age_days", Int32, false),
                 field("learning", Boolean, false),
             ]))
         })
@@ -213,9 +219,16 @@ pub fn build_batch(rows: &[Row]) -> Result<RecordBatch> {
         bools(rows, |r| r.features.first_seen_destination),
         bools(rows, |r| r.features.first_seen_file_class),
         bools(rows, |r| r.features.first_seen_host),
+        f64s(rows, |r| r.features.hours_on_host),
+        Arc::new(
+            rows.iter()
+                .map(|r| r.features.minutes_since_escalation)
+                .collect::<Float64Array>(),
+        ),
         i64s(rows, |r| Some(r.features.user_phi_opens_15m)),
         i64s(rows, |r| Some(r.features.user_phi_bytes_read_15m)),
         i32s(rows, |r| Some(r.features.baseline_days)),
+        i32s(rows, |r| Some(r.features.baseline_age_days)),
         bools(rows, |r| r.features.learning),
     ];
     RecordBatch::try_new(schema(), columns).map_err(|e| Error::Internal {

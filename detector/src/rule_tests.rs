@@ -7,11 +7,15 @@
 //!
 //! ```toml
 //! [preset]                      # optional: a principal's usual week
-//! principal = "alice"           # login name (human session)
+//! principal = "alice"           # login name, or uid@host for a service
 //! days = 30                     # days of history before the first event
 //! hours = [9, 10, 11, 14, 15]   # UTC hours active each weekday
 //! events_per_hour = 12
 //! path = "/srv/phi/notes/p{i}.txt"
+//! # also: host, exe, kind (default open), dst_addr, dst_port,
+//! # weekends = true, or weekdays = ["sun"] for particular days
+//!
+//! # Several principals' histories: [[preset]] tables instead of [preset].
 //!
 //! [[events]]                    # a group of sample events
 //! repeat = 250                  # how many (default 1)
@@ -44,7 +48,7 @@ use crate::{Error, Result};
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TestFile {
-    preset: Option<Preset>,
+    preset: Option<Presets>,
     #[serde(default)]
     events: Vec<EventGroup>,
     expect: Expect,
@@ -52,6 +56,23 @@ struct TestFile {
     roles: Option<toml::Value>,
     /// Learning period for the test (default 7 days, as in production).
     learning_days: Option<u32>,
+}
+
+/// `[preset]` (one history) or `[[preset]]` (several).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Presets {
+    One(Preset),
+    Many(Vec<Preset>),
+}
+
+impl Presets {
+    fn all(&self) -> &[Preset] {
+        match self {
+            Presets::One(one) => std::slice::from_ref(one),
+            Presets::Many(many) => many,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -70,7 +91,15 @@ struct Preset {
     /// Include weekends (default false: weekdays only).
     #[serde(default)]
     weekends: bool,
+    /// Only these days ("mon" .. "sun"); overrides `weekends`.
+    weekdays: Option<Vec<String>>,
+    #[serde(default = "default_kind")]
+    kind: String,
+    dst_addr: Option<String>,
+    dst_port: Option<i32>,
 }
+
+const WEEKDAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 
 fn default_host() -> String {
     "ehr-01".into()
@@ -228,23 +257,36 @@ fn preset_events(preset: &Preset, end_ns: i64) -> std::result::Result<Vec<Event>
             .split_once('@')
             .and_then(|(uid, _)| uid.parse().ok()),
         gid: None,
-        kind: "open".into(),
-        path: Some(preset.path.clone()),
+        kind: preset.kind.clone(),
+        path: (preset.dst_addr.is_none()).then(|| preset.path.clone()),
         new_path: None,
         exe: Some(preset.exe.clone()),
         parent_exe: None,
         comm: None,
-        dst_addr: None,
-        dst_port: None,
+        dst_addr: preset.dst_addr.clone(),
+        dst_port: preset.dst_port,
         bytes: None,
         errno: None,
         target_id: None,
     };
+    let days: Vec<usize> = match &preset.weekdays {
+        Some(names) => names
+            .iter()
+            .map(|name| {
+                WEEKDAYS
+                    .iter()
+                    .position(|d| d.eq_ignore_ascii_case(name))
+                    .ok_or_else(|| format!("preset.weekdays: `{name}` is not one of {WEEKDAYS:?}"))
+            })
+            .collect::<std::result::Result<_, _>>()?,
+        None if preset.weekends => (0..7).collect(),
+        None => (0..5).collect(),
+    };
     let mut events = Vec::new();
     for day in first_day..end_ns.div_euclid(DAY) {
         // 1970-01-01 was a Thursday: day 0 -> weekday index 3 (Mon = 0).
-        let weekday = (day + 3).rem_euclid(7);
-        if !preset.weekends && weekday >= 5 {
+        let weekday = (day + 3).rem_euclid(7) as usize;
+        if !days.contains(&weekday) {
             continue;
         }
         for &hour in &preset.hours {
@@ -327,10 +369,15 @@ async fn run_checked(rule_file: &Path, test_file: &Path) -> std::result::Result<
     samples.sort_by_key(|(_, _, time)| *time);
     let first_sample = samples.first().map(|(_, _, t)| *t).unwrap_or(0);
 
-    let mut events = match &test.preset {
-        Some(preset) => preset_events(preset, first_sample)?,
-        None => Vec::new(),
-    };
+    let mut events = Vec::new();
+    for preset in test.preset.as_ref().map(Presets::all).unwrap_or_default() {
+        events.extend(preset_events(preset, first_sample)?);
+    }
+    events.sort_by_key(|e| e.time_unix_ns);
+    for (seq, event) in events.iter_mut().enumerate() {
+        event.seq = seq as i64;
+        event.event_id = format!("{}-history-{seq}", event.host);
+    }
     let history = events.len();
     for (group, i, time) in &samples {
         events.push(event_from(group, *i, *time, events.len() as i64)?);
@@ -339,11 +386,21 @@ async fn run_checked(rule_file: &Path, test_file: &Path) -> std::result::Result<
     let mut alerts = 0;
     let mut review = 0;
     let mut principals = BTreeSet::new();
-    for (chunk_index, chunk) in events.chunks(256).enumerate() {
+    // History and samples never share a batch, so alerts the history raises
+    // are told apart from those of the samples.
+    let (history_events, sample_events) = events.split_at(history);
+    let chunks = history_events
+        .chunks(256)
+        .map(|chunk| (true, chunk))
+        .chain(sample_events.chunks(256).map(|chunk| (false, chunk)));
+    let mut offset = 0i64;
+    for (is_history, chunk) in chunks {
         let inputs = chunk
             .iter()
-            .enumerate()
-            .map(|(j, e)| input_for(e, (chunk_index * 256 + j) as i64))
+            .map(|e| {
+                offset += 1;
+                input_for(e, offset - 1)
+            })
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let now = chunk.last().map(|e| e.time_unix_ns).unwrap_or(0);
         let output = processor
@@ -356,14 +413,10 @@ async fn run_checked(rule_file: &Path, test_file: &Path) -> std::result::Result<
         if let Some(letter) = output.dead_letters.first() {
             return Err(format!("a test event was refused: {}", letter.error));
         }
-        let history_alerts = (chunk_index + 1) * 256 <= history;
-        for alert in output.alerts.iter().chain(&output.review) {
-            if history_alerts {
-                continue;
+        if !is_history {
+            for alert in output.alerts.iter().chain(&output.review) {
+                principals.insert(alert.unmapped.vigil.principal.clone());
             }
-            principals.insert(alert.unmapped.vigil.principal.clone());
-        }
-        if !history_alerts {
             alerts += output.alerts.len();
             review += output.review.len();
         }

@@ -1,9 +1,9 @@
 -- id: phi-bulk-read
--- title: More than 200 PHI files opened by one user in 15 minutes
+-- title: A user opened more than 200 PHI files in 15 minutes, far above their usual for this hour
 -- severity: high
 -- hipaa: 164.312(b)
--- mitre: T1005
--- version: 1
+-- mitre: T1005, T1119
+-- version: 2
 -- window: 15m
 SELECT *
 FROM events
@@ -11,3 +11,4 @@ WHERE is_phi
   AND kind = 'open'
   AND errno = 0
   AND user_phi_opens_15m > 200
+  AND user_z_phi_files > 5
