@@ -1,8 +1,14 @@
-//! Vigil's load test: a synthetic hospital.
+//! Vigil's load test: a synthetic hospital that drives the real pipeline
+//! over Kafka.
 //!
-//! Not built yet. It will generate hosts, users with roles and their daily
-//! and weekly rhythms in simulated time, inject labelled attacks, drive the
-//! real pipeline over Kafka, and report event-to-alert latency percentiles,
-//! throughput, consumer lag, recall and false-alert rates.
-//!
-//! Until then this crate holds no code: the README's status section says so.
+//! [`hospital`] models hosts, people and service accounts with roles and
+//! weekly rhythms; [`scenarios`] injects labelled attacks; [`drive`] runs a
+//! detector against generated months of simulated history and a live
+//! phase in real time; [`report`] turns what came back into latency
+//! percentiles, throughput, consumer lag, recall and false-alert rates.
+
+pub mod drive;
+pub mod hospital;
+pub mod report;
+pub mod rng;
+pub mod scenarios;

@@ -1,0 +1,759 @@
+//! Runs the load test: creates a run's own topics on the broker, starts a
+//! detector on them, produces simulated history as fast as the pipeline
+//! takes it, then a live phase at a fixed rate in real time, and collects
+//! every alert and review item for the [`Report`].
+//!
+//! Latency is measured with canaries: during the live phase the canary
+//! principal runs a probe executable `--canary-rate` times a second; the
+//! run's rule directory holds, besides the rule pack, one probe rule
+//! (`loadtest-canary`) that alerts on it. A canary's latency is the time
+//! from its event timestamp (taken just before it is produced) to its
+//! alert being consumed — the whole path: producer, broker, detector
+//! (decode, baselines, every rule), broker, consumer.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use vigil_schemas::{Alert, Event, bus, encode};
+
+use crate::hospital::{DAY_NS, HOUR_NS, Hospital, Role, canary_event};
+use crate::report::{DayCounts, Inputs, LivePhase, Received, Report};
+use crate::rng::Rng;
+use crate::scenarios::{Injection, plan};
+
+/// The probe rule's id.
+pub const CANARY_RULE: &str = "loadtest-canary";
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub brokers: String,
+    /// The `detector` binary.
+    pub detector: PathBuf,
+    /// The rule pack (`sql/rules`).
+    pub rules: PathBuf,
+    /// Where the report, the detector's state and log go.
+    pub out: PathBuf,
+    pub seed: u64,
+    pub people: usize,
+    pub app_services: usize,
+    pub history_days: i64,
+    pub learning_days: u32,
+    /// Attacks are injected over the last `attack_days` days of history.
+    pub attack_days: i64,
+    pub attack_rounds: usize,
+    pub bulk_records: u64,
+    /// False alerts are counted from this day of history on.
+    pub evaluate_from_day: i64,
+    pub live_seconds: f64,
+    /// Events per second in the live phase, canaries included.
+    pub rate: f64,
+    pub canary_rate: f64,
+    /// How long to wait for the detector to catch up after the history.
+    pub catch_up_timeout: Duration,
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// Topic names of one run.
+#[derive(Debug, Clone)]
+struct Topics {
+    events: String,
+    alerts: String,
+    review: String,
+    audit: String,
+    dlq: String,
+}
+
+impl Topics {
+    fn new(prefix: &str) -> Topics {
+        Topics {
+            events: format!("{prefix}.events"),
+            alerts: format!("{prefix}.alerts"),
+            review: format!("{prefix}.review"),
+            audit: format!("{prefix}.audit"),
+            dlq: format!("{prefix}.dlq"),
+        }
+    }
+
+    async fn create(&self, brokers: &str) -> Result<()> {
+        let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .create()
+            .context("creating a Kafka admin client")?;
+        let topics = [
+            NewTopic::new(&self.events, 6, TopicReplication::Fixed(1)),
+            NewTopic::new(&self.alerts, 3, TopicReplication::Fixed(1)),
+            NewTopic::new(&self.review, 1, TopicReplication::Fixed(1)),
+            NewTopic::new(&self.audit, 6, TopicReplication::Fixed(1)),
+            NewTopic::new(&self.dlq, 1, TopicReplication::Fixed(1)),
+        ];
+        let results = admin
+            .create_topics(
+                &topics,
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+            )
+            .await
+            .with_context(|| format!("creating the run's topics on {brokers}; is the broker running (deploy/local/broker.sh start)?"))?;
+        for result in results {
+            if let Err((topic, code)) = result {
+                bail!("creating topic {topic} on {brokers}: {code}");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Tracks the end offset of every events partition the producer wrote.
+#[derive(Default)]
+struct Delivery {
+    ends: Mutex<HashMap<i32, i64>>,
+    delivered: AtomicU64,
+    failed: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+impl ClientContext for Delivery {}
+
+impl ProducerContext for Delivery {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(message) => {
+                self.delivered.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut ends) = self.ends.lock() {
+                    let end = ends.entry(message.partition()).or_insert(0);
+                    *end = (*end).max(message.offset() + 1);
+                }
+            }
+            Err((error, _)) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut first) = self.first_error.lock()
+                    && first.is_none()
+                {
+                    *first = Some(error.to_string());
+                }
+            }
+        }
+    }
+}
+
+/// The events producer with backpressure: when librdkafka's queue is full
+/// it waits for deliveries instead of dropping.
+struct Feed {
+    producer: ThreadedProducer<Delivery>,
+    topic: String,
+    sent: u64,
+    waits: u64,
+    /// Next sequence number per host.
+    seq: HashMap<String, i64>,
+    run: String,
+}
+
+impl Feed {
+    fn new(brokers: &str, topic: &str, run: &str) -> Result<Feed> {
+        let producer = bus::producer_config(brokers)
+            .set("queue.buffering.max.messages", "200000")
+            .create_with_context(Delivery::default())
+            .context("creating the events producer")?;
+        Ok(Feed {
+            producer,
+            topic: topic.to_owned(),
+            sent: 0,
+            waits: 0,
+            seq: HashMap::new(),
+            run: run.to_owned(),
+        })
+    }
+
+    /// Numbers `event` in its host's sequence and produces it.
+    fn send(&mut self, mut event: Event) -> Result<()> {
+        let seq = self.seq.entry(event.host.clone()).or_insert(0);
+        *seq += 1;
+        event.seq = *seq;
+        event.event_id = format!("{}:{}:{}", event.host, self.run, event.seq);
+        let key = event.principal();
+        let payload = encode(&event).context("encoding an event")?;
+        let mut record = BaseRecord::to(&self.topic).key(&key).payload(&payload);
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    self.waits += 1;
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((e, _)) => bail!("producing to {}: {e}", self.topic),
+            }
+        }
+        self.sent += 1;
+        if let Some(error) = self
+            .producer
+            .context()
+            .first_error
+            .lock()
+            .ok()
+            .and_then(|e| e.clone())
+        {
+            bail!("the broker refused events: {error}");
+        }
+        Ok(())
+    }
+
+    fn ends(&self) -> HashMap<i32, i64> {
+        self.producer
+            .context()
+            .ends
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or_default()
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.producer
+            .flush(Duration::from_secs(60))
+            .context("flushing the events producer")
+    }
+}
+
+/// Reads the detector group's committed offsets and computes its lag.
+struct LagProbe {
+    consumer: BaseConsumer,
+    topic: String,
+}
+
+impl LagProbe {
+    fn new(brokers: &str, group: &str, topic: &str) -> Result<LagProbe> {
+        let consumer: BaseConsumer = bus::consumer_config(brokers, group)
+            .create()
+            .context("creating the lag probe")?;
+        Ok(LagProbe {
+            consumer,
+            topic: topic.to_owned(),
+        })
+    }
+
+    /// Events produced but not yet committed by the detector.
+    fn lag(&self, ends: &HashMap<i32, i64>) -> Result<i64> {
+        let mut tpl = TopicPartitionList::new();
+        for partition in 0..6 {
+            tpl.add_partition(&self.topic, partition);
+        }
+        let committed = self
+            .consumer
+            .committed_offsets(tpl, Duration::from_secs(5))
+            .context("reading the detector's committed offsets")?;
+        let mut lag = 0;
+        for (partition, end) in ends {
+            let done = committed
+                .find_partition(&self.topic, *partition)
+                .and_then(|p| match p.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                })
+                .unwrap_or(0);
+            lag += (end - done).max(0);
+        }
+        Ok(lag)
+    }
+}
+
+/// What the reader collected.
+#[derive(Default)]
+struct Collected {
+    received: Vec<Received>,
+    canary_latencies_ms: Vec<f64>,
+    bad: Vec<String>,
+}
+
+fn spawn_reader(
+    brokers: &str,
+    group: &str,
+    topics: &Topics,
+    canary_sent: Arc<Mutex<HashMap<String, i64>>>,
+    collected: Arc<Mutex<Collected>>,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let consumer: StreamConsumer = bus::consumer_config(brokers, group)
+        .create()
+        .context("creating the alert reader")?;
+    consumer
+        .subscribe(&[&topics.alerts, &topics.review])
+        .context("subscribing to the alert topics")?;
+    let review_topic = topics.review.clone();
+    Ok(tokio::spawn(async move {
+        loop {
+            let message = match consumer.recv().await {
+                Ok(message) => message,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Reading alerts");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let arrived = now_ns();
+            let review = message.topic() == review_topic;
+            let alert: Alert = match message.payload().map(serde_json::from_slice) {
+                Some(Ok(alert)) => alert,
+                other => {
+                    let why = match other {
+                        Some(Err(e)) => e.to_string(),
+                        _ => "empty payload".into(),
+                    };
+                    if let Ok(mut c) = collected.lock() {
+                        c.bad.push(format!(
+                            "{}/{} offset {}: {why}",
+                            message.topic(),
+                            message.partition(),
+                            message.offset()
+                        ));
+                    }
+                    continue;
+                }
+            };
+            let rule_id = alert.unmapped.vigil.rule_id.clone();
+            let mut latency = None;
+            if rule_id == CANARY_RULE {
+                let sent = canary_sent.lock().ok().and_then(|sent| {
+                    alert
+                        .finding_info
+                        .related_events
+                        .iter()
+                        .find_map(|e| sent.get(&e.uid).copied())
+                });
+                latency = sent.map(|t| (arrived - t) as f64 / 1e6);
+            }
+            if let Ok(mut c) = collected.lock() {
+                c.received.push(Received {
+                    rule_id,
+                    principal: alert.unmapped.vigil.principal.clone(),
+                    first_seen_ms: alert.finding_info.first_seen_time,
+                    review,
+                });
+                c.canary_latencies_ms.extend(latency);
+            }
+        }
+    }))
+}
+
+/// Copies the rule pack and adds the probe rule.
+fn prepare_rules(from: &Path, to: &Path) -> Result<usize> {
+    std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    let mut count = 0;
+    for entry in std::fs::read_dir(from)
+        .with_context(|| format!("reading the rule pack {}", from.display()))?
+    {
+        let path = entry?.path();
+        if path.extension().is_some_and(|x| x == "sql") {
+            let name = path.file_name().context("rule file name")?;
+            std::fs::copy(&path, to.join(name))
+                .with_context(|| format!("copying {}", path.display()))?;
+            count += 1;
+        }
+    }
+    if count == 0 {
+        bail!("no *.sql rules in {}", from.display());
+    }
+    std::fs::write(
+        to.join(format!("{CANARY_RULE}.sql")),
+        format!(
+            "-- id: {CANARY_RULE}\n-- title: Load-test latency probe\n-- severity: informational\n-- hipaa: 164.312(b)\n-- mitre: T1005\n-- version: 1\nSELECT * FROM events WHERE kind = 'exec' AND path = '{}'\n",
+            crate::hospital::CANARY_EXE
+        ),
+    )?;
+    Ok(count)
+}
+
+/// The running detector child.
+struct DetectorProcess {
+    child: tokio::process::Child,
+    log: PathBuf,
+}
+
+impl DetectorProcess {
+    fn start(options: &Options, topics: &Topics, group: &str, work: &Path) -> Result<Self> {
+        if !options.detector.exists() {
+            bail!(
+                "the detector binary {} does not exist; build it with `cargo build --release -p vigil-detector` or pass --detector",
+                options.detector.display()
+            );
+        }
+        let log = work.join("detector.log");
+        let log_file =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let child = tokio::process::Command::new(&options.detector)
+            .arg("run")
+            .args(["--brokers", &options.brokers])
+            .args(["--group", group])
+            .args(["--instance-id", &format!("{group}-1")])
+            .args(["--events-topic", &topics.events])
+            .args(["--alerts-topic", &topics.alerts])
+            .args(["--review-topic", &topics.review])
+            .args(["--audit-topic", &topics.audit])
+            .args(["--dlq-topic", &topics.dlq])
+            .arg("--state-dir")
+            .arg(work.join("state"))
+            .arg("--rules-dir")
+            .arg(work.join("rules"))
+            .arg("--roles")
+            .arg(work.join("roles.toml"))
+            .args(["--learning-days", &options.learning_days.to_string()])
+            .env(
+                "VIGIL_LOG",
+                std::env::var("VIGIL_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", options.detector.display()))?;
+        Ok(DetectorProcess { child, log })
+    }
+
+    fn check_alive(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            let tail = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = tail.lines().rev().take(20).collect();
+            bail!(
+                "the detector exited ({status}); last lines of {}:\n{}",
+                self.log.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, then wait for it to flush and exit.
+    async fn stop(mut self) -> Result<()> {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        match tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await {
+            Ok(status) => {
+                status?;
+            }
+            Err(_) => {
+                self.child.kill().await?;
+                bail!("the detector did not stop within 30 s of SIGTERM");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs the load test and returns its report (also written to `out`).
+pub async fn run(options: &Options) -> Result<Report> {
+    let started = now_ns();
+    let run_id = format!("{}-{}", options.seed, started / 1_000_000_000);
+    let prefix = format!("loadtest.{run_id}");
+    let topics = Topics::new(&prefix);
+    let work = options.out.join(format!("run-{run_id}"));
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+
+    let hospital = Hospital::new(options.seed, options.people, options.app_services);
+    std::fs::write(work.join("roles.toml"), hospital.roles_toml())?;
+    let rules = prepare_rules(&options.rules, &work.join("rules"))?;
+    topics.create(&options.brokers).await?;
+    let group = format!("{prefix}.detector");
+    let mut detector = DetectorProcess::start(options, &topics, &group, &work)?;
+    eprintln!(
+        "loadtest: {} principals, {rules} rules + probe, topics {prefix}.*, detector log {}",
+        hospital.principals.len(),
+        detector.log.display()
+    );
+
+    let canary_sent = Arc::new(Mutex::new(HashMap::new()));
+    let collected = Arc::new(Mutex::new(Collected::default()));
+    let reader = spawn_reader(
+        &options.brokers,
+        &format!("{prefix}.reader"),
+        &topics,
+        canary_sent.clone(),
+        collected.clone(),
+    )?;
+
+    // History: whole hours up to the current one.
+    let history_end = started.div_euclid(HOUR_NS) * HOUR_NS;
+    let history_start = history_end - options.history_days * DAY_NS;
+    let attacks_from = history_end - options.attack_days.min(options.history_days) * DAY_NS;
+    let planned = plan(
+        &hospital,
+        options.attack_rounds,
+        attacks_from,
+        history_end - HOUR_NS,
+        options.bulk_records,
+    );
+    let mut attack_events: HashMap<i64, Vec<Event>> = HashMap::new();
+    let mut injections: Vec<Injection> = Vec::new();
+    for (injection, events) in planned {
+        for event in events {
+            attack_events
+                .entry(event.time_unix_ns.div_euclid(HOUR_NS))
+                .or_default()
+                .push(event);
+        }
+        injections.push(injection);
+    }
+
+    let mut feed = Feed::new(&options.brokers, &topics.events, &run_id)?;
+    let lag_probe = LagProbe::new(&options.brokers, &group, &topics.events)?;
+    let mut days = vec![DayCounts::default(); options.history_days.max(0) as usize];
+    let history_clock = Instant::now();
+    let mut last_progress = Instant::now();
+    let mut hour = history_start;
+    while hour < history_end {
+        let mut events: Vec<Event> = Vec::new();
+        let day = &mut days[((hour - history_start) / DAY_NS) as usize];
+        for principal in &hospital.principals {
+            let benign = hospital.hour_of(principal, hour);
+            if !benign.is_empty() {
+                day.principal_hours += 1;
+                day.events += benign.len() as u64;
+            }
+            events.extend(benign);
+        }
+        if let Some(attack) = attack_events.remove(&hour.div_euclid(HOUR_NS)) {
+            events.extend(attack);
+        }
+        events.sort_by_key(|e| e.time_unix_ns);
+        for event in events {
+            feed.send(event)?;
+        }
+        if last_progress.elapsed() > Duration::from_secs(5) {
+            detector.check_alive()?;
+            let lag = lag_probe.lag(&feed.ends()).unwrap_or(-1);
+            eprintln!(
+                "loadtest: history day {}/{}: {} events produced ({:.0}/s), detector lag {lag}",
+                (hour - history_start) / DAY_NS + 1,
+                options.history_days,
+                feed.sent,
+                feed.sent as f64 / history_clock.elapsed().as_secs_f64(),
+            );
+            last_progress = Instant::now();
+        }
+        hour += HOUR_NS;
+    }
+    feed.flush()?;
+    let history_events = feed.sent;
+
+    // Wait for the detector to process all of it.
+    let deadline = Instant::now() + options.catch_up_timeout;
+    loop {
+        detector.check_alive()?;
+        let lag = lag_probe.lag(&feed.ends())?;
+        if lag == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the detector still had {lag} events to process {:?} after the history was produced; see {}",
+                options.catch_up_timeout,
+                detector.log.display()
+            );
+        }
+        if last_progress.elapsed() > Duration::from_secs(5) {
+            eprintln!("loadtest: waiting for the detector to catch up: lag {lag}");
+            last_progress = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let history_seconds = history_clock.elapsed().as_secs_f64();
+    eprintln!(
+        "loadtest: history done: {history_events} events processed in {history_seconds:.1} s; live phase: {:.0} events/s for {:.0} s",
+        options.rate, options.live_seconds
+    );
+
+    // Live phase.
+    let live = live_phase(
+        options,
+        &hospital,
+        &mut feed,
+        &lag_probe,
+        &canary_sent,
+        &collected,
+        &mut detector,
+    )
+    .await?;
+
+    detector.stop().await?;
+    reader.abort();
+    let dead_letters = count_messages(&options.brokers, &topics.dlq, &prefix).unwrap_or(0);
+
+    let collected = collected
+        .lock()
+        .map_err(|_| anyhow::anyhow!("reader poisoned"))?;
+    if let Some(bad) = collected.bad.first() {
+        bail!("an alert could not be read: {bad}");
+    }
+    let mut report = Report {
+        seed: options.seed,
+        principals: hospital.principals.len(),
+        history_days: options.history_days,
+        learning_days: options.learning_days,
+        history_events,
+        history_seconds,
+        history_events_per_sec: history_events as f64 / history_seconds.max(1e-9),
+        live: live.clone(),
+        dead_letters,
+        ..Report::default()
+    };
+    report.build(&Inputs {
+        received: &collected.received,
+        injections: &injections,
+        probe_rules: &[CANARY_RULE],
+        history_start_ns: history_start,
+        live_start_ns: history_end,
+        days: &days,
+        evaluate_from_day: options.evaluate_from_day,
+        latencies_ms: &collected.canary_latencies_ms,
+    });
+    // `build` fills the live phase's unexpected-alert count.
+    report.live.canaries_alerted = collected.canary_latencies_ms.len();
+    write_report(&report, &options.out)?;
+    Ok(report)
+}
+
+async fn live_phase(
+    options: &Options,
+    hospital: &Hospital,
+    feed: &mut Feed,
+    lag_probe: &LagProbe,
+    canary_sent: &Arc<Mutex<HashMap<String, i64>>>,
+    collected: &Arc<Mutex<Collected>>,
+    detector: &mut DetectorProcess,
+) -> Result<LivePhase> {
+    let workers: Vec<_> = hospital.by_role(Role::AppService).collect();
+    if workers.is_empty() && options.rate > options.canary_rate {
+        bail!("the live phase needs application workers (--app-services > 0)");
+    }
+    let makers: Vec<_> = workers
+        .iter()
+        .map(|p| crate::hospital::EventMaker::new(p))
+        .collect();
+    let canary = hospital.canary();
+    let mut rng = Rng::keyed(options.seed, &[0x11fe]);
+    let tick = Duration::from_millis(10);
+    let ticks_per_sec = 100.0;
+    let mut live = LivePhase {
+        target_events_per_sec: options.rate,
+        ..LivePhase::default()
+    };
+    let sent_before = feed.sent;
+    let waits_before = feed.waits;
+    let start = Instant::now();
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut owed = 0.0;
+    let mut canaries_owed = 0.0;
+    let mut n = 0usize;
+    let mut next_lag = Instant::now();
+    while start.elapsed().as_secs_f64() < options.live_seconds {
+        interval.tick().await;
+        owed += options.rate / ticks_per_sec;
+        canaries_owed += options.canary_rate / ticks_per_sec;
+        while canaries_owed >= 1.0 {
+            let event = canary_event(canary, now_ns());
+            let time = event.time_unix_ns;
+            let id = format!(
+                "{}:{}:{}",
+                event.host,
+                feed.run,
+                feed.seq.get(&event.host).copied().unwrap_or(0) + 1
+            );
+            if let Ok(mut sent) = canary_sent.lock() {
+                sent.insert(id, time);
+            }
+            feed.send(event)?;
+            live.canaries_sent += 1;
+            canaries_owed -= 1.0;
+            owed -= 1.0;
+        }
+        while owed >= 1.0 && !makers.is_empty() {
+            let maker = &makers[n % makers.len()];
+            let event = hospital.app_event(maker, n / makers.len(), now_ns(), &mut rng);
+            feed.send(event)?;
+            n += 1;
+            owed -= 1.0;
+        }
+        if Instant::now() >= next_lag {
+            detector.check_alive()?;
+            let lag = lag_probe.lag(&feed.ends()).unwrap_or(-1);
+            live.lag_samples.push((start.elapsed().as_secs_f64(), lag));
+            next_lag += Duration::from_secs(1);
+        }
+    }
+    live.seconds = start.elapsed().as_secs_f64();
+    live.produced = feed.sent - sent_before;
+    live.producer_waits = feed.waits - waits_before;
+    live.events_per_sec = live.produced as f64 / live.seconds;
+    feed.flush()?;
+
+    // Give the last canaries time to come back.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        let alerted = collected
+            .lock()
+            .map(|c| c.canary_latencies_ms.len())
+            .unwrap_or(0);
+        if alerted >= live.canaries_sent {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let lags: Vec<i64> = live.lag_samples.iter().map(|(_, l)| *l).collect();
+    live.lag_max = lags.iter().copied().max().unwrap_or(0);
+    let quarter = (lags.len() / 4).max(1);
+    let mean = |xs: &[i64]| xs.iter().sum::<i64>() as f64 / xs.len().max(1) as f64;
+    live.lag_first_quarter = mean(&lags[..quarter.min(lags.len())]);
+    live.lag_last_quarter = mean(&lags[lags.len().saturating_sub(quarter)..]);
+    // Growing: the last quarter holds clearly more than the first, by more
+    // than a second of events.
+    live.lag_growing = live.lag_last_quarter > 2.0 * live.lag_first_quarter + options.rate;
+    Ok(live)
+}
+
+/// Counts the messages of a (small) topic by reading it to its end.
+fn count_messages(brokers: &str, topic: &str, prefix: &str) -> Result<u64> {
+    let consumer: BaseConsumer =
+        bus::consumer_config(brokers, &format!("{prefix}.count")).create()?;
+    consumer.subscribe(&[topic])?;
+    let mut count = 0;
+    let mut idle = Instant::now();
+    while idle.elapsed() < Duration::from_secs(2) {
+        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+            message?;
+            count += 1;
+            idle = Instant::now();
+        }
+    }
+    Ok(count)
+}
+
+/// Writes report.json, report.txt and latency.svg into `out`.
+pub fn write_report(report: &Report, out: &Path) -> Result<()> {
+    std::fs::create_dir_all(out)?;
+    std::fs::write(
+        out.join("report.json"),
+        serde_json::to_string_pretty(report)?,
+    )?;
+    std::fs::write(out.join("report.txt"), report.summary())?;
+    std::fs::write(out.join("latency.svg"), report.histogram_svg())?;
+    Ok(())
+}

@@ -1,0 +1,334 @@
+//! Injected attacks, each labelled as ground truth: who, what, and the
+//! simulated interval its events fall in.
+
+use serde::Serialize;
+use vigil_schemas::{Event, Kind};
+
+use crate::hospital::{
+    DAY_NS, EventMaker, HOUR_NS, Hospital, MINUTE_NS, Principal, Role, phi_path, weekday,
+};
+use crate::rng::Rng;
+
+/// The attack scenarios the starter rule pack must catch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// A privileged user bulk-copies PHI at 2 AM.
+    PrivilegedBulkCopy,
+    /// Phished physician-assistant credentials read 200 records in 15
+    /// minutes at 11 PM from a host the PA never used.
+    PhishedAssistant,
+    /// The billing service reads treatment notes for the first time.
+    BillingReadsTreatmentNotes,
+    /// The backup job runs on a Tuesday afternoon and sends to a
+    /// never-seen destination.
+    BackupWrongDayNewDestination,
+    /// Audit logs deleted and truncated.
+    AuditLogTampering,
+    /// The database service spawns a shell.
+    DatabaseShell,
+    /// Privilege escalation followed by PHI reads.
+    EscalationThenPhi,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 7] = [
+        Scenario::PrivilegedBulkCopy,
+        Scenario::PhishedAssistant,
+        Scenario::BillingReadsTreatmentNotes,
+        Scenario::BackupWrongDayNewDestination,
+        Scenario::AuditLogTampering,
+        Scenario::DatabaseShell,
+        Scenario::EscalationThenPhi,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::PrivilegedBulkCopy => "privileged-bulk-copy-2am",
+            Scenario::PhishedAssistant => "phished-assistant-new-host-11pm",
+            Scenario::BillingReadsTreatmentNotes => "billing-service-reads-treatment-notes",
+            Scenario::BackupWrongDayNewDestination => "backup-tuesday-new-destination",
+            Scenario::AuditLogTampering => "audit-log-deletion",
+            Scenario::DatabaseShell => "database-spawns-shell",
+            Scenario::EscalationThenPhi => "privilege-escalation-then-phi",
+        }
+    }
+}
+
+/// One injected attack.
+#[derive(Debug, Clone, Serialize)]
+pub struct Injection {
+    pub scenario: Scenario,
+    /// The principal key its events carry.
+    pub principal: String,
+    /// First and last event time (ns).
+    pub start_ns: i64,
+    pub end_ns: i64,
+    pub events: usize,
+}
+
+/// The first time at or after `from` that falls on `weekday` (Monday = 0)
+/// at `hour`:`minute` UTC.
+pub fn next_time(from: i64, weekday_wanted: Option<usize>, hour: i64, minute: i64) -> i64 {
+    let mut day = from.div_euclid(DAY_NS) * DAY_NS;
+    loop {
+        let candidate = day + hour * HOUR_NS + minute * MINUTE_NS;
+        if candidate >= from && weekday_wanted.is_none_or(|w| weekday(candidate) == w) {
+            return candidate;
+        }
+        day += DAY_NS;
+    }
+}
+
+fn pick(hospital: &Hospital, role: Role, round: usize) -> &Principal {
+    let members: Vec<&Principal> = hospital.by_role(role).collect();
+    members[round % members.len()]
+}
+
+/// Builds the events of `scenario`'s `round`-th injection, at the first
+/// suitable time at or after `from`. `bulk_records` sizes the bulk copy.
+pub fn inject(
+    hospital: &Hospital,
+    scenario: Scenario,
+    round: usize,
+    from: i64,
+    bulk_records: u64,
+) -> (Injection, Vec<Event>) {
+    let mut rng = Rng::keyed(hospital.seed, &[0xa77ac4, scenario as u64, round as u64]);
+    let mut events = Vec::new();
+    let principal;
+    match scenario {
+        Scenario::PrivilegedBulkCopy => {
+            let admin = pick(hospital, Role::Admin, round);
+            let mut maker = EventMaker::new(admin);
+            maker.host = "fileshare-01".into();
+            let start = next_time(from, None, 2, 5);
+            // Tens of records a second, as a copy script does.
+            let spacing = (10 * MINUTE_NS) / bulk_records.max(1) as i64;
+            for r in 0..bulk_records {
+                let class = ["charts", "labs", "treatment-notes"][(r % 3) as usize];
+                maker.read_file(
+                    phi_path(class, rng.below(hospital.patients)),
+                    start + r as i64 * spacing,
+                    32_768,
+                    &mut events,
+                );
+            }
+            principal = admin.key();
+        }
+        Scenario::PhishedAssistant => {
+            let pa = pick(hospital, Role::PhysicianAssistant, round);
+            let mut maker = EventMaker::new(pa);
+            maker.host = format!("ws-ext-{:02}", 40 + round);
+            let start = next_time(from, None, 23, 0);
+            for r in 0..200 {
+                maker.read_file(
+                    phi_path("charts", rng.below(hospital.patients)),
+                    start + r * (14 * MINUTE_NS / 200),
+                    20_000,
+                    &mut events,
+                );
+            }
+            principal = pa.key();
+        }
+        Scenario::BillingReadsTreatmentNotes => {
+            let service = pick(hospital, Role::BillingService, round);
+            let maker = EventMaker::new(service);
+            let start = next_time(from, Some(1 + round % 3), 14, 20);
+            for r in 0..40 {
+                maker.read_file(
+                    phi_path("treatment-notes", rng.below(hospital.patients)),
+                    start + r * 15_000_000_000,
+                    6_000,
+                    &mut events,
+                );
+            }
+            principal = service.key();
+        }
+        Scenario::BackupWrongDayNewDestination => {
+            let backup = pick(hospital, Role::Backup, round);
+            let maker = EventMaker::new(backup);
+            let start = next_time(from, Some(1), 14, 10);
+            let destination = format!("203.0.113.{}", 50 + round);
+            events.push(maker.connect(&destination, 443, start));
+            for r in 0..300 {
+                maker.read_file(
+                    phi_path(
+                        ["charts", "labs", "billing"][r % 3],
+                        rng.below(hospital.patients),
+                    ),
+                    start + MINUTE_NS + r as i64 * 2_000_000_000,
+                    16_384,
+                    &mut events,
+                );
+            }
+            let mut send = maker.event(Kind::Send, start + 12 * MINUTE_NS);
+            send.dst_addr = Some(destination);
+            send.dst_port = Some(443);
+            send.bytes = Some(300 * 16_384);
+            events.push(send);
+            principal = backup.key();
+        }
+        Scenario::AuditLogTampering => {
+            let admin = pick(hospital, Role::Admin, round + 1);
+            let mut maker = EventMaker::new(admin);
+            maker.host = "db-01".into();
+            let start = next_time(from, None, 1, 30);
+            let mut truncate = maker.event(Kind::Truncate, start);
+            truncate.path = Some("/var/log/audit/audit.log".into());
+            truncate.exe = Some("/usr/bin/truncate".into());
+            events.push(truncate);
+            let mut unlink = maker.event(Kind::Unlink, start + 3_000_000_000);
+            unlink.path = Some("/var/log/audit/audit.log.1".into());
+            unlink.exe = Some("/usr/bin/rm".into());
+            events.push(unlink);
+            principal = admin.key();
+        }
+        Scenario::DatabaseShell => {
+            let db = pick(hospital, Role::Database, round);
+            let maker = EventMaker::new(db);
+            let start = next_time(from, None, 4 + round as i64 * 5 % 20, 17);
+            events.push(maker.exec("/usr/bin/bash", db.exe, start));
+            events.push(maker.exec("/usr/bin/curl", "/usr/bin/bash", start + 2_000_000_000));
+            principal = db.key();
+        }
+        Scenario::EscalationThenPhi => {
+            let nurse = pick(hospital, Role::Nurse, round);
+            let maker = EventMaker::new(nurse);
+            let start = next_time(from, None, 21, 40);
+            let mut exploit = maker.exec("/tmp/.cache/x", "/usr/bin/bash", start);
+            exploit.comm = "x".into();
+            events.push(exploit.clone());
+            let mut setuid = maker.event(Kind::Setuid, start + 1_000_000);
+            setuid.exe = exploit.exe.clone();
+            setuid.comm = "x".into();
+            setuid.target_id = Some(0);
+            events.push(setuid);
+            for r in 0..30 {
+                maker.read_file(
+                    phi_path("charts", rng.below(hospital.patients)),
+                    start + MINUTE_NS + r * 10_000_000_000,
+                    20_000,
+                    &mut events,
+                );
+            }
+            principal = nurse.key();
+        }
+    }
+    let start_ns = events.iter().map(|e| e.time_unix_ns).min().unwrap_or(from);
+    let end_ns = events.iter().map(|e| e.time_unix_ns).max().unwrap_or(from);
+    (
+        Injection {
+            scenario,
+            principal,
+            start_ns,
+            end_ns,
+            events: events.len(),
+        },
+        events,
+    )
+}
+
+/// Plans `rounds` injections of every scenario between `from` and `until`:
+/// each round starts on its own day, so scenarios do not overlap.
+pub fn plan(
+    hospital: &Hospital,
+    rounds: usize,
+    from: i64,
+    until: i64,
+    bulk_records: u64,
+) -> Vec<(Injection, Vec<Event>)> {
+    let mut planned = Vec::new();
+    let span_days = ((until - from) / DAY_NS).max(1);
+    for round in 0..rounds {
+        for (s, scenario) in Scenario::ALL.into_iter().enumerate() {
+            let day = ((round * Scenario::ALL.len() + s) as i64 * span_days)
+                / (rounds * Scenario::ALL.len()) as i64;
+            // A scenario tied to a weekday may not fit after a late start:
+            // then it moves a week earlier, or to the start of the span.
+            let start = from + day * DAY_NS;
+            let earlier = (1..).map(|weeks| start - weeks * 7 * DAY_NS);
+            let candidates = std::iter::once(start)
+                .chain(earlier.take_while(|t| *t >= from))
+                .chain(std::iter::once(from));
+            for candidate in candidates {
+                let (injection, events) =
+                    inject(hospital, scenario, round, candidate, bulk_records);
+                if injection.end_ns < until {
+                    planned.push((injection, events));
+                    break;
+                }
+            }
+        }
+    }
+    planned
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MONDAY: i64 = 1_795_392_000 * 1_000_000_000;
+
+    #[test]
+    fn next_time_finds_the_asked_weekday_and_hour() {
+        let t = next_time(MONDAY + 15 * HOUR_NS, Some(1), 14, 10);
+        assert_eq!(t, MONDAY + DAY_NS + 14 * HOUR_NS + 10 * MINUTE_NS);
+        let t = next_time(MONDAY + 3 * HOUR_NS, None, 2, 5);
+        assert_eq!(t, MONDAY + DAY_NS + 2 * HOUR_NS + 5 * MINUTE_NS);
+    }
+
+    #[test]
+    fn scenarios_happen_when_and_as_who_they_say() {
+        let hospital = Hospital::new(11, 40, 0);
+        for scenario in Scenario::ALL {
+            let (injection, events) = inject(&hospital, scenario, 0, MONDAY, 300);
+            assert!(!events.is_empty(), "{scenario:?}");
+            assert_eq!(injection.events, events.len());
+            for event in &events {
+                assert_eq!(event.principal(), injection.principal, "{scenario:?}");
+                assert!(event.time_unix_ns >= injection.start_ns);
+                assert!(event.time_unix_ns <= injection.end_ns);
+            }
+            let hour = crate::hospital::hour_of_day(injection.start_ns);
+            match scenario {
+                Scenario::PrivilegedBulkCopy => assert_eq!(hour, 2),
+                Scenario::PhishedAssistant => {
+                    assert_eq!(hour, 23);
+                    let opens = events.iter().filter(|e| e.kind == Kind::Open).count();
+                    assert_eq!(opens, 200);
+                    assert!(events[0].host.starts_with("ws-ext"));
+                    assert!(
+                        events
+                            .iter()
+                            .all(|e| e.time_unix_ns - injection.start_ns < 15 * MINUTE_NS)
+                    );
+                }
+                Scenario::BackupWrongDayNewDestination => {
+                    assert_eq!(weekday(injection.start_ns), 1, "Tuesday");
+                    assert_eq!(hour, 14);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn a_plan_spreads_rounds_over_the_span() {
+        let hospital = Hospital::new(2, 40, 0);
+        let planned = plan(&hospital, 2, MONDAY, MONDAY + 14 * DAY_NS, 300);
+        assert_eq!(planned.len(), 14);
+        // A span of six days from a Monday noon still fits the Tuesday job.
+        let short = plan(
+            &hospital,
+            1,
+            MONDAY + 12 * HOUR_NS,
+            MONDAY + 6 * DAY_NS,
+            300,
+        );
+        assert_eq!(short.len(), 7);
+        for (injection, _) in &planned {
+            assert!(injection.start_ns >= MONDAY && injection.end_ns < MONDAY + 14 * DAY_NS);
+        }
+    }
+}
