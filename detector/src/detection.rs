@@ -157,14 +157,17 @@ pub fn anomaly_analyses(features: &Features) -> Vec<AnomalyAnalysis> {
 }
 
 /// Alerts for one rule's results over a batch of `rows`; `index` maps event
-/// ids to rows.
+/// ids to rows. `wanted` is asked with each candidate's alert id first, and
+/// only the alerts it wants are built (an ongoing window's alert is found
+/// again in every batch; building it each time would be wasted work).
 pub fn alerts(
     rule: &RuleHeader,
     results: &[RecordBatch],
     rows: &[Row],
     index: &HashMap<&str, usize>,
     now_ms: i64,
-) -> Vec<Alert> {
+    mut wanted: impl FnMut(&str) -> crate::Result<bool>,
+) -> crate::Result<Vec<Alert>> {
     // (principal, discriminator) -> row indexes, in first-seen order.
     let mut groups: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
     let mut order: Vec<(String, String)> = Vec::new();
@@ -194,9 +197,13 @@ pub fn alerts(
             }
         }
     }
-    order
-        .into_iter()
-        .filter_map(|key| {
+    let mut alerts = Vec::new();
+    for key in order {
+        let id = vigil_schemas::alert::alert_id(&rule.id, rule.version, &key.0, &key.1);
+        if !wanted(&id)? {
+            continue;
+        }
+        if let Some(alert) = (|| {
             let members = groups.get(&key)?;
             let first = &rows[*members.first()?];
             let f = &first.features;
@@ -244,6 +251,9 @@ pub fn alerts(
                 learning: f.learning,
                 time_ms: now_ms,
             }))
-        })
-        .collect()
+        })() {
+            alerts.push(alert);
+        }
+    }
+    Ok(alerts)
 }

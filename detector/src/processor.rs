@@ -191,11 +191,13 @@ impl Processor {
                         continue;
                     }
                 };
-                for alert in detection::alerts(&rule.header, &results, &rows, &index, now_ms) {
+                let store = &self.store;
+                let new_alerts =
+                    detection::alerts(&rule.header, &results, &rows, &index, now_ms, |id| {
+                        Ok(!fired.contains(id) && !store.was_alerted(id)?)
+                    })?;
+                for alert in new_alerts {
                     let id = alert.id().to_owned();
-                    if fired.contains(&id) || self.store.was_alerted(&id)? {
-                        continue;
-                    }
                     fired.insert(id.clone());
                     output
                         .state
