@@ -723,10 +723,32 @@ async fn live_phase(
     let mean = |xs: &[i64]| xs.iter().sum::<i64>() as f64 / xs.len().max(1) as f64;
     live.lag_first_quarter = mean(&lags[..quarter.min(lags.len())]);
     live.lag_last_quarter = mean(&lags[lags.len().saturating_sub(quarter)..]);
-    // Growing: the last quarter holds clearly more than the first, by more
-    // than a second of events.
-    live.lag_growing = live.lag_last_quarter > 2.0 * live.lag_first_quarter + options.rate;
+    // Growing: the detector falls behind by more than 2% of the input rate
+    // (least-squares slope of lag over time) and ends behind where it began.
+    live.lag_slope_per_sec = slope(&live.lag_samples);
+    live.lag_growing = live.lag_slope_per_sec > 0.02 * options.rate
+        && live.lag_last_quarter > live.lag_first_quarter;
     Ok(live)
+}
+
+/// Least-squares slope of (time, lag) samples, in events per second.
+fn slope(samples: &[(f64, i64)]) -> f64 {
+    let n = samples.len() as f64;
+    if samples.len() < 2 {
+        return 0.0;
+    }
+    let mean_t = samples.iter().map(|(t, _)| t).sum::<f64>() / n;
+    let mean_l = samples.iter().map(|(_, l)| *l as f64).sum::<f64>() / n;
+    let covariance: f64 = samples
+        .iter()
+        .map(|(t, l)| (t - mean_t) * (*l as f64 - mean_l))
+        .sum();
+    let variance: f64 = samples.iter().map(|(t, _)| (t - mean_t).powi(2)).sum();
+    if variance == 0.0 {
+        0.0
+    } else {
+        covariance / variance
+    }
 }
 
 /// Counts the messages of a (small) topic by reading it to its end.
@@ -756,4 +778,20 @@ pub fn write_report(report: &Report, out: &Path) -> Result<()> {
     std::fs::write(out.join("report.txt"), report.summary())?;
     std::fs::write(out.join("latency.svg"), report.histogram_svg())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_slope_is_events_per_second() {
+        let rising: Vec<(f64, i64)> = (0..10)
+            .map(|t| (f64::from(t), 500 * i64::from(t)))
+            .collect();
+        assert!((slope(&rising) - 500.0).abs() < 1e-9);
+        let flat: Vec<(f64, i64)> = (0..10).map(|t| (f64::from(t), 42)).collect();
+        assert_eq!(slope(&flat), 0.0);
+        assert_eq!(slope(&[(0.0, 5)]), 0.0);
+    }
 }

@@ -98,6 +98,8 @@ pub struct LivePhase {
     /// Mean lag over the first and the last quarter of the phase.
     pub lag_first_quarter: f64,
     pub lag_last_quarter: f64,
+    /// Least-squares slope of lag over the phase, events per second.
+    pub lag_slope_per_sec: f64,
     pub lag_growing: bool,
     /// Alerts in the live phase other than canaries (there should be none).
     pub unexpected_alerts: usize,
@@ -297,10 +299,11 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "lag       max {} events; mean {:.0} in the first quarter, {:.0} in the last: {}",
+            "lag       max {} events; mean {:.0} in the first quarter, {:.0} in the last, slope {:+.0}/s: {}",
             l.lag_max,
             l.lag_first_quarter,
             l.lag_last_quarter,
+            l.lag_slope_per_sec,
             if l.lag_growing {
                 "GROWING"
             } else {

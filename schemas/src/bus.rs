@@ -11,7 +11,9 @@ use rdkafka::ClientConfig;
 pub const FETCH_WAIT_MS: u32 = 5;
 
 /// An idempotent producer that waits for every in-sync replica (`acks=all`),
-/// so a record acknowledged is a record kept, once, in order.
+/// so a record acknowledged is a record kept, once, in order. Nagle's
+/// algorithm is off on every client socket: small requests wait for
+/// nothing (with it on, loopback round trips can stall on delayed ACKs).
 pub fn producer_config(bootstrap: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
@@ -19,6 +21,7 @@ pub fn producer_config(bootstrap: &str) -> ClientConfig {
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "1")
+        .set("socket.nagle.disable", "true")
         .set("compression.type", "lz4")
         .set("message.timeout.ms", "30000");
     config
@@ -35,6 +38,7 @@ pub fn consumer_config(bootstrap: &str, group: &str) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", FETCH_WAIT_MS.to_string())
+        .set("socket.nagle.disable", "true")
         .set("session.timeout.ms", "10000")
         .set("max.poll.interval.ms", "15000");
     config
