@@ -72,7 +72,7 @@ pub struct RunArgs {
     #[arg(long, env = "VIGIL_BATCH_ROWS")]
     pub batch_rows: Option<usize>,
 
-    /// Longest wait, in milliseconds, before a partial batch is processed [default: 1].
+    /// Longest wait, in milliseconds, before a partial batch is processed [default: 5].
     #[arg(long, env = "VIGIL_LINGER_MS")]
     pub linger_ms: Option<u64>,
 
@@ -142,7 +142,7 @@ impl DetectorConfig {
             rules_dir: PathBuf::from("sql/rules"),
             roles: None,
             batch_rows: 1024,
-            linger: Duration::from_millis(1),
+            linger: Duration::from_millis(5),
             learning_days: 7,
             resume_exact: false,
         }
