@@ -12,14 +12,15 @@
 //! Cancellation (SIGTERM, Ctrl-C) finishes the batch in hand, flushes and
 //! writes state before returning.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
@@ -29,7 +30,7 @@ use crate::config::DetectorConfig;
 use crate::processor::{Input, Output, Processor};
 use crate::roles::RoleFile;
 use crate::rules::RuleSet;
-use crate::state::{ChainHead, RocksStore, StateStore};
+use crate::state::{ChainHead, RocksStore, StateStore, StateWrite};
 use crate::{Error, Result};
 
 /// How often rule files and the role mapping are checked for changes.
@@ -243,9 +244,24 @@ pub struct Pipeline {
     revoked: Arc<AtomicBool>,
     resume_at: Arc<Mutex<HashMap<i32, i64>>>,
     counters: Counters,
+    /// Batches whose outputs are with the broker and whose state waits for
+    /// their acknowledgements, oldest first.
+    in_flight: VecDeque<InFlight>,
     /// Fault injection for the crash tests: abort after publishing this
     /// batch's outputs, before writing its state (`VIGIL_TEST_ABORT_AFTER_PUBLISH`).
     abort_after_publish: Option<u64>,
+}
+
+/// Most batches published but not yet committed. The next batch is
+/// processed while the broker acknowledges the previous ones' outputs;
+/// beyond this many, the detector waits (backpressure).
+const MAX_IN_FLIGHT: usize = 4;
+
+/// A published batch: its acknowledgements and the state to write after them.
+struct InFlight {
+    batch: u64,
+    acks: tokio::task::JoinHandle<std::result::Result<(), rdkafka::error::KafkaError>>,
+    state: StateWrite,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -327,6 +343,7 @@ impl Pipeline {
             revoked,
             resume_at,
             counters: Counters::default(),
+            in_flight: VecDeque::new(),
             abort_after_publish: std::env::var("VIGIL_TEST_ABORT_AFTER_PUBLISH")
                 .ok()
                 .and_then(|v| v.parse().ok()),
@@ -376,6 +393,12 @@ impl Pipeline {
                         self.flush(std::mem::take(&mut pending)).await?;
                     }
                 }
+                // Idle: write the state of batches still waiting for their
+                // acknowledgements, so state and group offsets catch up.
+                _ = tokio::time::sleep(self.config.linger),
+                    if pending.is_empty() && !self.in_flight.is_empty() => {
+                    self.settle(0).await?;
+                }
             }
             if Instant::now() >= next_reload {
                 next_reload = Instant::now() + RELOAD_INTERVAL;
@@ -396,6 +419,7 @@ impl Pipeline {
                 );
             }
         }
+        self.settle(0).await?;
         self.producer
             .flush(Duration::from_secs(30))
             .map_err(|e| Error::kafka("flush producer", e))?;
@@ -428,6 +452,8 @@ impl Pipeline {
 
     async fn flush(&mut self, inputs: Vec<Input>) -> Result<()> {
         if self.revoked.swap(false, Ordering::SeqCst) {
+            // Write what earlier batches produced before forgetting them.
+            self.settle(0).await?;
             self.processor.reset_after_rebalance();
         }
         let partitions: HashSet<i32> = inputs.iter().map(|i| i.partition).collect();
@@ -450,16 +476,7 @@ impl Pipeline {
         for (rule, error) in &output.rule_errors {
             tracing::error!(%rule, %error, "Rule failed on a batch");
         }
-        self.publish(&output).await?;
-        if self.abort_after_publish == Some(self.counters.batches + 1) {
-            tracing::error!(
-                batch = self.counters.batches + 1,
-                "Fault injection: aborting after publishing, before writing state"
-            );
-            std::process::abort();
-        }
-
-        let offsets = output.state.offsets.clone();
+        let acks = self.publish(&output).await?;
         self.counters.batches += 1;
         self.counters.events += output.events as u64;
         self.counters.dead_letters += output.dead_letters.len() as u64;
@@ -467,8 +484,55 @@ impl Pipeline {
         self.counters.review += output.review.len() as u64;
         self.counters.audit += output.audit.len() as u64;
         self.counters.rule_errors += output.rule_errors.len() as u64;
-        self.processor.commit(output.state)?;
+        self.in_flight.push_back(InFlight {
+            batch: self.counters.batches,
+            acks: tokio::spawn(async move {
+                for result in futures::future::join_all(acks).await {
+                    match result {
+                        Ok(Ok(_)) => {}
+                        Ok(Err((e, _))) => return Err(e),
+                        Err(_) => return Err(rdkafka::error::KafkaError::Canceled),
+                    }
+                }
+                Ok(())
+            }),
+            state: output.state,
+        });
+        self.settle(MAX_IN_FLIGHT).await
+    }
 
+    /// Commits, in order, every published batch whose outputs the broker
+    /// acknowledged, and waits for the oldest until at most `keep` remain.
+    async fn settle(&mut self, keep: usize) -> Result<()> {
+        while let Some(front) = self.in_flight.front() {
+            if self.in_flight.len() <= keep && !front.acks.is_finished() {
+                break;
+            }
+            let Some(done) = self.in_flight.pop_front() else {
+                break;
+            };
+            done.acks
+                .await
+                .map_err(|e| Error::Internal {
+                    what: format!("acknowledgement task failed: {e}"),
+                })?
+                .map_err(|e| Error::kafka("publish output", e))?;
+            self.commit_batch(done.batch, done.state)?;
+        }
+        Ok(())
+    }
+
+    /// Writes an acknowledged batch's state and offsets.
+    fn commit_batch(&mut self, batch: u64, state: StateWrite) -> Result<()> {
+        if self.abort_after_publish == Some(batch) {
+            tracing::error!(
+                batch,
+                "Fault injection: aborting after publishing, before writing state"
+            );
+            std::process::abort();
+        }
+        let offsets = state.offsets.clone();
+        self.processor.commit(state)?;
         let mut tpl = TopicPartitionList::new();
         for (topic, partition, offset) in offsets {
             let _ = tpl.add_partition_offset(&topic, partition, Offset::Offset(offset));
@@ -482,12 +546,11 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Publishes a batch's outputs and waits for every acknowledgement.
-    /// Sends run concurrently; a full producer queue makes them wait
-    /// (backpressure), never drops them.
-    async fn publish(&self, output: &Output) -> Result<()> {
+    /// Hands a batch's outputs to the producer and returns their pending
+    /// acknowledgements. A full producer queue makes it wait (backpressure),
+    /// never drops anything.
+    async fn publish(&self, output: &Output) -> Result<Vec<DeliveryFuture>> {
         let config = &self.config;
-        let timeout = Duration::from_secs(60);
 
         let dead_letter_headers: Vec<OwnedHeaders> = output
             .dead_letters
@@ -542,13 +605,13 @@ impl Pipeline {
             if let Some(payload) = letter.input.payload.as_deref() {
                 record = record.payload(payload);
             }
-            sends.push(self.producer.send(record, timeout));
+            sends.push(self.enqueue(record).await?);
         }
 
         for (topic, key, json) in &documents {
             let record: FutureRecord<'_, [u8], [u8]> =
                 FutureRecord::to(topic).key(*key).payload(json);
-            sends.push(self.producer.send(record, timeout));
+            sends.push(self.enqueue(record).await?);
         }
 
         for (partition, key, bytes) in &encoded {
@@ -556,15 +619,23 @@ impl Pipeline {
                 .partition(*partition)
                 .key(*key)
                 .payload(bytes);
-            sends.push(self.producer.send(record, timeout));
+            sends.push(self.enqueue(record).await?);
         }
+        Ok(sends)
+    }
 
-        for result in futures::future::join_all(sends).await {
-            if let Err((e, _)) = result {
-                return Err(Error::kafka("publish output", e));
+    /// Queues one record; while the producer's queue is full, waits.
+    async fn enqueue(&self, mut record: FutureRecord<'_, [u8], [u8]>) -> Result<DeliveryFuture> {
+        loop {
+            match self.producer.send_result(record) {
+                Ok(delivery) => return Ok(delivery),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err((e, _)) => return Err(Error::kafka("publish output", e)),
             }
         }
-        Ok(())
     }
 }
 

@@ -80,6 +80,10 @@ pub struct Processor {
     chains: AuditChains,
     opened: HashSet<i32>,
     events_topic: String,
+    /// Ids of alerts emitted by batches whose state is not committed yet
+    /// (the pipeline processes the next batch while the broker
+    /// acknowledges the previous one's outputs).
+    uncommitted_alerts: HashSet<String>,
 }
 
 impl Processor {
@@ -97,6 +101,7 @@ impl Processor {
             chains: AuditChains::default(),
             opened: HashSet::new(),
             events_topic: events_topic.to_owned(),
+            uncommitted_alerts: HashSet::new(),
         }
     }
 
@@ -192,13 +197,17 @@ impl Processor {
                     }
                 };
                 let store = &self.store;
+                let uncommitted = &self.uncommitted_alerts;
                 let new_alerts =
                     detection::alerts(&rule.header, &results, &rows, &index, now_ms, |id| {
-                        Ok(!fired.contains(id) && !store.was_alerted(id)?)
+                        Ok(!fired.contains(id)
+                            && !uncommitted.contains(id)
+                            && !store.was_alerted(id)?)
                     })?;
                 for alert in new_alerts {
                     let id = alert.id().to_owned();
                     fired.insert(id.clone());
+                    self.uncommitted_alerts.insert(id.clone());
                     output
                         .state
                         .alerted
@@ -238,7 +247,12 @@ impl Processor {
 
     /// Commits a processed batch's state (after its outputs were
     /// acknowledged).
-    pub fn commit(&self, state: StateWrite) -> Result<()> {
+    /// Writes a processed batch's state. Batches must be committed in the
+    /// order they were processed.
+    pub fn commit(&mut self, state: StateWrite) -> Result<()> {
+        for (id, _) in &state.alerted {
+            self.uncommitted_alerts.remove(id);
+        }
         self.store.commit(state)
     }
 }
