@@ -35,6 +35,8 @@ const FIELDS: &[(&str, &[&str])] = &[
             "flags",
             "mode",
             "args_len",
+            "dirfd",
+            "dirfd2",
             "family",
             "sport",
             "dport",

@@ -15,13 +15,18 @@
  *   privilege           - setuid/setgid families, capset
  *
  * Every syscall is handled on its own syscalls:sys_enter_X / sys_exit_X
- * tracepoint (never raw_syscalls). Entry decides scope as early and as
- * cheaply as possible and stages a record keyed by thread id; exit adds the
- * outcome and emits it, so every record carries success or errno.
+ * tracepoint (never raw_syscalls), and every record carries success or
+ * errno. Each tracepoint hit costs about 200 ns before a program runs (the
+ * perf trace buffer the kernel fills for it), so the hot syscalls - the open
+ * family, read/write, dup, fcntl - have one program each, on their exit,
+ * which reads the arguments from the registers the syscall was entered with.
+ * Rarer syscalls (rename, unlink, chmod, connect, setuid...) decide scope at
+ * entry, stage a record keyed by thread id, and emit it at exit.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
 
 #include "vigil_record.h"
 
@@ -93,15 +98,6 @@ struct {
 	__type(value, struct vigil_tracked);
 } inflight SEC(".maps");
 
-/* Reads and writes between entry and exit on a watched descriptor, by
- * thread id: the open_files key. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u32);
-	__type(value, __u64);
-} inflight_io SEC(".maps");
-
 /* Descriptors opened on watched paths, by pid << 32 | fd. Walked whole at
  * fork and exit of the processes in files_owners, so kept small. */
 struct {
@@ -128,10 +124,17 @@ struct {
 	__type(value, struct vigil_tracked);
 } connections SEC(".maps");
 
+/* Absolute paths are built right to left in scratch.path, ending with a NUL
+ * at PATH_END; offsets are masked with PATH_MASK and names are shorter than
+ * VIGIL_PATH_LEN, so every write provably stays inside the buffer. */
+#define PATH_END (2 * VIGIL_PATH_LEN - 1)
+#define PATH_MASK (2 * VIGIL_PATH_LEN - 1)
+
 /* Per-CPU scratch space: records and keys are too large for the stack. */
 struct scratch {
 	struct vigil_tracked slot;
 	struct vigil_path_key key;
+	char path[4 * VIGIL_PATH_LEN];
 };
 
 struct {
@@ -191,16 +194,16 @@ static __always_inline bool task_in_scope(void)
 	return true;
 }
 
-/* True when the working directory is, or is below, a watched directory. */
-static __always_inline bool cwd_in_scope(void)
+/* True when a dentry is, or is below, a watched directory: its ancestors are
+ * looked up by (device, inode) in watched_dirs. The walk stays inside one
+ * file system (a mount's root is its own parent); the collector adds the
+ * roots of mounts below a watched directory to watched_dirs. */
+static __always_inline bool dentry_in_scope(struct dentry *dentry)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	struct dentry *dentry = BPF_CORE_READ(task, fs, pwd.dentry);
-
+	struct vigil_inode_key key = {};
+	key.dev = BPF_CORE_READ(dentry, d_sb, s_dev);
 	for (int depth = 0; depth < MAX_DIR_DEPTH && dentry; depth++) {
-		struct vigil_inode_key key = {};
 		key.ino = BPF_CORE_READ(dentry, d_inode, i_ino);
-		key.dev = BPF_CORE_READ(dentry, d_sb, s_dev);
 		if (bpf_map_lookup_elem(&watched_dirs, &key))
 			return true;
 		struct dentry *parent = BPF_CORE_READ(dentry, d_parent);
@@ -211,41 +214,186 @@ static __always_inline bool cwd_in_scope(void)
 	return false;
 }
 
+/* The file behind a descriptor of the current task, or NULL. The task's
+ * BTF pointer lets the verifier turn the walk to the descriptor table into
+ * plain loads; the table's slots need a probe read. */
+static __always_inline struct file *file_of_fd(__u64 fd)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct fdtable *fdt = task->files->fdt;
+	if (!fdt || fd >= fdt->max_fds)
+		return NULL;
+	struct file **fds = fdt->fd;
+	struct file *file = NULL;
+	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd & 0xfffff]))
+		return NULL;
+	return file;
+}
+
+/* True when the file open on a descriptor is in a watched directory. */
+static __always_inline bool fd_in_scope(__u64 fd)
+{
+	struct file *file = file_of_fd(fd);
+	return file && dentry_in_scope(BPF_CORE_READ(file, f_path.dentry));
+}
+
+/* True when the directory a relative path starts from - the working
+ * directory for AT_FDCWD, otherwise the directory descriptor - is, or is
+ * below, a watched directory. */
+static __always_inline bool dir_in_scope(long dfd)
+{
+	int fd = (int)dfd;
+	if (fd == AT_FDCWD) {
+		struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+		return dentry_in_scope(BPF_CORE_READ(task, fs, pwd.dentry));
+	}
+	return fd >= 0 && fd_in_scope(fd);
+}
+
+/* The calling thread's user registers as it entered the syscall: where an
+ * exit program finds the arguments (sys_exit_X carries only the return
+ * value). Saves an enter program, whose tracepoint hit costs as much as the
+ * whole check. */
+static __always_inline struct pt_regs *syscall_regs(void)
+{
+	return (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+}
+
 /* Adds a watched descriptor and marks its owner for fork and exit. */
 static __always_inline void track_file(__u64 key, struct vigil_tracked *file)
 {
 	__u32 owner = key >> 32;
 	__u32 one = 1;
 	bpf_map_update_elem(&open_files, &key, file, BPF_ANY);
-	bpf_map_update_elem(&files_owners, &owner, &one, BPF_ANY);
+	/* an LRU update costs more than a lookup; owners stay marked */
+	if (!bpf_map_lookup_elem(&files_owners, &owner))
+		bpf_map_update_elem(&files_owners, &owner, &one, BPF_ANY);
 }
 
-/* Says whether a user path is in the watched scope, copying it into dst
- * when it is:
- * an absolute path under a watched prefix, or a relative path resolved
- * against a working directory under a watched directory. */
-static __always_inline bool read_path(struct vigil_path_key *key, char *dst, const char *upath,
-				      long dfd)
+/* Puts "/name" in front of the path being built at pos; the new start, or
+ * -1 when it does not fit in a record's path. */
+static __always_inline long prepend(char *buf, long pos, const void *name, __u32 len)
 {
+	if (pos < 0 || len >= VIGIL_PATH_LEN || (long)len + 1 > pos ||
+	    PATH_END - pos + len + 1 >= VIGIL_PATH_LEN)
+		return -1;
+	pos -= len;
+	bpf_probe_read_kernel(buf + (pos & PATH_MASK), len & (VIGIL_PATH_LEN - 1), name);
+	pos -= 1;
+	buf[pos & PATH_MASK] = '/';
+	return pos;
+}
+
+/* Puts the absolute path of a (mount, dentry) pair in front of pos, as
+ * d_path does: names up to the mount's root, then on from the mount point
+ * in the parent mount, up to the root of the mount namespace. */
+static __always_inline long prepend_path(char *buf, long pos, const struct path *where)
+{
+	struct dentry *dentry = BPF_CORE_READ(where, dentry);
+	struct vfsmount *vfsmnt = BPF_CORE_READ(where, mnt);
+	struct mount *mnt = (void *)vfsmnt - bpf_core_field_offset(struct mount, mnt);
+	struct dentry *mnt_root = BPF_CORE_READ(vfsmnt, mnt_root);
+	for (int depth = 0; depth < MAX_DIR_DEPTH * 2 && pos >= 0; depth++) {
+		struct dentry *parent = BPF_CORE_READ(dentry, d_parent);
+		if (dentry == mnt_root || dentry == parent) {
+			struct mount *up = BPF_CORE_READ(mnt, mnt_parent);
+			if (!up || up == mnt)
+				break;
+			dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
+			mnt = up;
+			mnt_root = BPF_CORE_READ(mnt, mnt.mnt_root);
+			continue;
+		}
+		struct qstr name = {};
+		bpf_core_read(&name, sizeof(name), &dentry->d_name);
+		pos = prepend(buf, pos, name.name, name.len);
+		dentry = parent;
+	}
+	if (pos == PATH_END)
+		buf[--pos & PATH_MASK] = '/';
+	return pos;
+}
+
+/* The path a relative name starts from: the working directory or the
+ * directory descriptor dfd. */
+static __always_inline const struct path *dir_path(long dfd)
+{
+	int fd = (int)dfd;
+	if (fd == AT_FDCWD) {
+		struct task_struct *task = bpf_get_current_task_btf();
+		return &task->fs->pwd;
+	}
+	struct file *file = fd >= 0 ? file_of_fd(fd) : NULL;
+	return file ? &file->f_path : NULL;
+}
+
+/* Writes the absolute path of a relative name (in s->key.data, len bytes
+ * with its NUL) into dst: the opened file's own path when there is one,
+ * otherwise the starting directory's path and the name. Leaves dst alone
+ * (the name as given) when the path does not fit. */
+static __always_inline void absolute_path(struct scratch *s, char *dst, long len, long dfd,
+					  __s64 opened)
+{
+	char *buf = s->path;
+	long pos = PATH_END;
+	buf[PATH_END] = 0;
+	if (opened >= 0) {
+		struct file *file = file_of_fd(opened);
+		if (!file)
+			return;
+		pos = prepend_path(buf, pos, &file->f_path);
+	} else {
+		const struct path *dir = dir_path(dfd);
+		if (!dir)
+			return;
+		pos = prepend(buf, pos, s->key.data, (len - 1) & (VIGIL_PATH_LEN - 1));
+		pos = prepend_path(buf, pos, dir);
+	}
+	if (pos < 0)
+		return;
+	bpf_probe_read_kernel(dst, VIGIL_PATH_LEN, buf + (pos & PATH_MASK));
+}
+
+/* Says whether a user path is in the watched scope and, when it is, writes
+ * it into dst, absolute. An absolute path is matched against the watched
+ * prefixes (one string copy and one trie lookup, the cheapest test for the
+ * many opens that are out of scope). A relative one is matched by its
+ * directories: for a successful open, those of the file it opened (`opened`,
+ * the new descriptor), otherwise those of its starting directory (the
+ * working directory, or the directory descriptor dfd). */
+static __always_inline bool path_in_scope(struct scratch *s, char *dst, const char *upath,
+					  long dfd, __s64 opened)
+{
+	struct vigil_path_key *key = &s->key;
 	long len = bpf_probe_read_user_str(key->data, sizeof(key->data), upath);
 	if (len <= 1)
 		return false;
-	bool watched;
 	if (key->data[0] == '/') {
 		key->prefixlen = (len - 1) * 8;
-		watched = bpf_map_lookup_elem(&watched_prefixes, key) != NULL;
-	} else {
-		watched = watch_relative && dfd == AT_FDCWD && cwd_in_scope();
-	}
-	if (watched)
+		if (!bpf_map_lookup_elem(&watched_prefixes, key))
+			return false;
 		__builtin_memcpy(dst, key->data, VIGIL_PATH_LEN);
-	return watched;
+		return true;
+	}
+	if (!watch_relative)
+		return false;
+	if (opened >= 0 ? !fd_in_scope(opened) : !dir_in_scope(dfd))
+		return false;
+	__builtin_memcpy(dst, key->data, VIGIL_PATH_LEN);
+	absolute_path(s, dst, len, dfd, opened);
+	return true;
 }
 
-/* Fills the fields every record carries, from the current task. */
+static __always_inline bool read_path(struct scratch *s, char *dst, const char *upath, long dfd)
+{
+	return path_in_scope(s, dst, upath, dfd, -1);
+}
+
+/* Fills the fields every record carries, from the current task (through
+ * its BTF pointer: plain loads, no probe reads). */
 static __always_inline void fill_header(struct vigil_record *rec, __u32 kind)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct task_struct *task = bpf_get_current_task_btf();
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u64 uid_gid = bpf_get_current_uid_gid();
 
@@ -257,16 +405,18 @@ static __always_inline void fill_header(struct vigil_record *rec, __u32 kind)
 	rec->err = 0;
 	rec->pid = pid_tgid >> 32;
 	rec->tid = (__u32)pid_tgid;
-	rec->ppid = BPF_CORE_READ(task, real_parent, tgid);
+	rec->ppid = task->real_parent->tgid;
 	rec->uid = (__u32)uid_gid;
 	rec->gid = uid_gid >> 32;
-	rec->euid = BPF_CORE_READ(task, cred, euid.val);
+	rec->euid = task->cred->euid.val;
 	rec->auid = VIGIL_AUID_UNSET;
 	if (bpf_core_field_exists(task->loginuid))
-		rec->auid = BPF_CORE_READ(task, loginuid.val);
+		rec->auid = task->loginuid.val;
 	rec->flags = 0;
 	rec->mode = 0;
 	rec->args_len = 0;
+	rec->dirfd = AT_FDCWD;
+	rec->dirfd2 = AT_FDCWD;
 	rec->family = 0;
 	rec->sport = 0;
 	rec->dport = 0;
@@ -283,17 +433,21 @@ static __always_inline void count_drop(__u32 kind)
 		__sync_fetch_and_add(count, 1);
 }
 
-/* Wakes the collector only once a batch has built up (an eighth of the
- * ring buffer, at most 64 KiB); it also drains on a short timer, so a
- * quiet host's events wait at most that long. One wakeup per record would
- * cost a context switch per event. */
+/* Wakes the collector only when a batch has just built up: when the unread
+ * data (this record included) crosses an eighth of the ring buffer (at most
+ * 64 KiB). Past that the reader is awake or about to be, and waking it for
+ * every further record would queue a wakeup per record. A crossing two CPUs
+ * race past is caught by the reader's short drain timer, so a quiet host's
+ * events wait at most that long. */
 static __always_inline __u64 submit_flags(void)
 {
 	__u64 threshold = bpf_ringbuf_query(&events, BPF_RB_RING_SIZE) / 8;
 	if (threshold > 65536)
 		threshold = 65536;
-	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= threshold ? BPF_RB_FORCE_WAKEUP
-									    : BPF_RB_NO_WAKEUP;
+	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	return avail >= threshold && avail < threshold + 4 * sizeof(struct vigil_record)
+		       ? BPF_RB_FORCE_WAKEUP
+		       : BPF_RB_NO_WAKEUP;
 }
 
 /* Copies a finished record into the ring buffer, or counts the loss. */
@@ -343,8 +497,8 @@ static __always_inline struct scratch *prepare_paths(__u32 kind, long dfd, const
 	struct scratch *s = get_scratch();
 	if (!s)
 		return NULL;
-	bool first = read_path(&s->key, s->slot.rec.path, upath, dfd);
-	bool second = upath2 && read_path(&s->key, s->slot.rec.path2, upath2, dfd2);
+	bool first = read_path(s, s->slot.rec.path, upath, dfd);
+	bool second = upath2 && read_path(s, s->slot.rec.path2, upath2, dfd2);
 	if (!first && !second)
 		return NULL;
 	/* a rename into or out of scope: the other side's path too */
@@ -355,6 +509,9 @@ static __always_inline struct scratch *prepare_paths(__u32 kind, long dfd, const
 	else if (!second)
 		bpf_probe_read_user_str(s->slot.rec.path2, VIGIL_PATH_LEN, upath2);
 	fill_header(&s->slot.rec, kind);
+	s->slot.rec.dirfd = (__s32)dfd;
+	if (upath2)
+		s->slot.rec.dirfd2 = (__s32)dfd2;
 	return s;
 }
 
@@ -389,11 +546,7 @@ static __always_inline struct scratch *stage_fd(__u32 kind, __u64 fd)
 /* The socket behind a descriptor of the current task. */
 static __always_inline struct sock *sock_of_fd(__u64 fd)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	struct file **fds = BPF_CORE_READ(task, files, fdt, fd);
-	struct file *file = NULL;
-	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd & 0xffff]))
-		return NULL;
+	struct file *file = file_of_fd(fd);
 	if (!file)
 		return NULL;
 	struct socket *sock = BPF_CORE_READ(file, private_data);
@@ -432,9 +585,7 @@ static __always_inline int finish(__s64 ret)
 	struct vigil_record *rec = &slot->rec;
 	rec->err = ret < 0 ? (__s32)-ret : 0;
 
-	if (rec->kind == VIGIL_KIND_OPEN && ret >= 0) {
-		track_file(fd_key(ret), slot);
-	} else if (rec->kind == VIGIL_KIND_CONNECT || rec->kind == VIGIL_KIND_ACCEPT) {
+	if (rec->kind == VIGIL_KIND_CONNECT || rec->kind == VIGIL_KIND_ACCEPT) {
 		/* connect: the socket is the staged descriptor; accept: the new one */
 		__u64 fd = rec->kind == VIGIL_KIND_CONNECT ? (__u64)rec->bytes : (__u64)ret;
 		rec->bytes = 0;
@@ -586,54 +737,70 @@ int vigil_exit(struct trace_event_raw_sched_process_exit *ctx)
 
 /* ---- files ------------------------------------------------------------- */
 
-static __always_inline int stage_open(long dfd, const char *upath, __s32 flags, __u32 mode)
+/* The open family, at exit: in scope when its path is (path_in_scope, which
+ * copies the path only then); the record is emitted, and a new descriptor
+ * is tracked for its read and write roll-ups. */
+static __always_inline int open_exit(__s64 ret, long dfd, const char *upath, __s32 flags,
+				     __u32 mode)
 {
-	struct scratch *s = prepare_paths(VIGIL_KIND_OPEN, dfd, upath, 0, NULL);
+	if (!task_in_scope())
+		return 0;
+	struct scratch *s = get_scratch();
 	if (!s)
 		return 0;
-	s->slot.rec.flags = flags;
-	s->slot.rec.mode = mode;
-	return stage(s);
-}
-
-SEC("tracepoint/syscalls/sys_enter_openat")
-int vigil_enter_openat(struct sys_enter_ctx *ctx)
-{
-	return stage_open(ctx->args[0], (const char *)ctx->args[1], ctx->args[2], ctx->args[3]);
-}
-
-SEC("tracepoint/syscalls/sys_enter_open")
-int vigil_enter_open(struct sys_enter_ctx *ctx)
-{
-	return stage_open(AT_FDCWD, (const char *)ctx->args[0], ctx->args[1], ctx->args[2]);
-}
-
-SEC("tracepoint/syscalls/sys_enter_creat")
-int vigil_enter_creat(struct sys_enter_ctx *ctx)
-{
-	/* creat(path, mode) == open(path, O_CREAT | O_WRONLY | O_TRUNC, mode) */
-	return stage_open(AT_FDCWD, (const char *)ctx->args[0], 01101, ctx->args[1]);
-}
-
-SEC("tracepoint/syscalls/sys_enter_openat2")
-int vigil_enter_openat2(struct sys_enter_ctx *ctx)
-{
-	struct open_how how = {};
-	bpf_probe_read_user(&how, sizeof(how), (void *)ctx->args[2]);
-	return stage_open(ctx->args[0], (const char *)ctx->args[1], how.flags, how.mode);
+	struct vigil_record *rec = &s->slot.rec;
+	if (!path_in_scope(s, rec->path, upath, dfd, ret))
+		return 0;
+	rec->path2[0] = 0;
+	fill_header(rec, VIGIL_KIND_OPEN);
+	rec->dirfd = (__s32)dfd;
+	rec->flags = flags;
+	rec->mode = mode;
+	rec->err = ret < 0 ? (__s32)-ret : 0;
+	emit(rec);
+	if (ret >= 0) {
+		s->slot.read_bytes = 0;
+		s->slot.write_bytes = 0;
+		track_file(fd_key(ret), &s->slot);
+	}
+	return 0;
 }
 
 SEC("tracepoint/syscalls/sys_exit_openat")
-int vigil_exit_openat(struct sys_exit_ctx *ctx) { return finish(ctx->ret); }
+int vigil_exit_openat(struct sys_exit_ctx *ctx)
+{
+	struct pt_regs *regs = syscall_regs();
+	return open_exit(ctx->ret, PT_REGS_PARM1_SYSCALL(regs),
+			 (const char *)PT_REGS_PARM2_SYSCALL(regs), PT_REGS_PARM3_SYSCALL(regs),
+			 PT_REGS_PARM4_SYSCALL(regs));
+}
 
 SEC("tracepoint/syscalls/sys_exit_open")
-int vigil_exit_open(struct sys_exit_ctx *ctx) { return finish(ctx->ret); }
+int vigil_exit_open(struct sys_exit_ctx *ctx)
+{
+	struct pt_regs *regs = syscall_regs();
+	return open_exit(ctx->ret, AT_FDCWD, (const char *)PT_REGS_PARM1_SYSCALL(regs),
+			 PT_REGS_PARM2_SYSCALL(regs), PT_REGS_PARM3_SYSCALL(regs));
+}
 
 SEC("tracepoint/syscalls/sys_exit_creat")
-int vigil_exit_creat(struct sys_exit_ctx *ctx) { return finish(ctx->ret); }
+int vigil_exit_creat(struct sys_exit_ctx *ctx)
+{
+	/* creat(path, mode) == open(path, O_CREAT | O_WRONLY | O_TRUNC, mode) */
+	struct pt_regs *regs = syscall_regs();
+	return open_exit(ctx->ret, AT_FDCWD, (const char *)PT_REGS_PARM1_SYSCALL(regs), 01101,
+			 PT_REGS_PARM2_SYSCALL(regs));
+}
 
 SEC("tracepoint/syscalls/sys_exit_openat2")
-int vigil_exit_openat2(struct sys_exit_ctx *ctx) { return finish(ctx->ret); }
+int vigil_exit_openat2(struct sys_exit_ctx *ctx)
+{
+	struct pt_regs *regs = syscall_regs();
+	struct open_how how = {};
+	bpf_probe_read_user(&how, sizeof(how), (void *)PT_REGS_PARM3_SYSCALL(regs));
+	return open_exit(ctx->ret, PT_REGS_PARM1_SYSCALL(regs),
+			 (const char *)PT_REGS_PARM2_SYSCALL(regs), how.flags, how.mode);
+}
 
 /* The read and write roll-ups of a watched descriptor so far. */
 static __always_inline void emit_file_rollups(struct vigil_tracked *file)
@@ -644,87 +811,53 @@ static __always_inline void emit_file_rollups(struct vigil_tracked *file)
 		emit_rollup(&file->rec, VIGIL_KIND_WRITE, file->write_bytes);
 }
 
-/* read/write family: remember which watched descriptor this thread is
- * using; at exit add the bytes moved. Other descriptors cost one lookup. */
-static __always_inline int io_enter(__u64 fd)
-{
-	__u64 key = fd_key(fd);
-	if (!bpf_map_lookup_elem(&open_files, &key))
-		return 0;
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	bpf_map_update_elem(&inflight_io, &tid, &key, BPF_ANY);
-	return 0;
-}
-
+/* read/write family, at exit: the bytes moved on a watched descriptor (the
+ * first argument) are added to its roll-up. Other descriptors cost one
+ * lookup. */
 static __always_inline int io_exit(__s64 ret, bool is_write)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	__u64 *key = bpf_map_lookup_elem(&inflight_io, &tid);
-	if (!key)
+	if (ret <= 0)
 		return 0;
-	struct vigil_tracked *file = bpf_map_lookup_elem(&open_files, key);
-	if (file && ret > 0) {
-		if (is_write)
-			__sync_fetch_and_add(&file->write_bytes, ret);
-		else
-			__sync_fetch_and_add(&file->read_bytes, ret);
-		/* long-lived descriptors report periodically, not only at close;
-		 * the tracked record's timestamp is the last report */
-		__u64 now = bpf_ktime_get_ns();
-		if (rollup_interval_ns && now - file->rec.ktime_ns >= rollup_interval_ns) {
-			emit_file_rollups(file);
-			file->read_bytes = 0;
-			file->write_bytes = 0;
-			file->rec.ktime_ns = now;
-		}
+	__u64 key = fd_key(PT_REGS_PARM1_SYSCALL(syscall_regs()));
+	struct vigil_tracked *file = bpf_map_lookup_elem(&open_files, &key);
+	if (!file)
+		return 0;
+	if (is_write)
+		__sync_fetch_and_add(&file->write_bytes, ret);
+	else
+		__sync_fetch_and_add(&file->read_bytes, ret);
+	/* long-lived descriptors report periodically, not only at close; the
+	 * tracked record's timestamp is the last report */
+	__u64 now = bpf_ktime_get_ns();
+	if (rollup_interval_ns && now - file->rec.ktime_ns >= rollup_interval_ns) {
+		emit_file_rollups(file);
+		file->read_bytes = 0;
+		file->write_bytes = 0;
+		file->rec.ktime_ns = now;
 	}
-	bpf_map_delete_elem(&inflight_io, &tid);
 	return 0;
 }
 
-SEC("tracepoint/syscalls/sys_enter_read")
-int vigil_enter_read(struct sys_enter_ctx *ctx) { return io_enter(ctx->args[0]); }
 SEC("tracepoint/syscalls/sys_exit_read")
 int vigil_exit_read(struct sys_exit_ctx *ctx) { return io_exit(ctx->ret, false); }
-SEC("tracepoint/syscalls/sys_enter_pread64")
-int vigil_enter_pread64(struct sys_enter_ctx *ctx) { return io_enter(ctx->args[0]); }
 SEC("tracepoint/syscalls/sys_exit_pread64")
 int vigil_exit_pread64(struct sys_exit_ctx *ctx) { return io_exit(ctx->ret, false); }
-SEC("tracepoint/syscalls/sys_enter_readv")
-int vigil_enter_readv(struct sys_enter_ctx *ctx) { return io_enter(ctx->args[0]); }
 SEC("tracepoint/syscalls/sys_exit_readv")
 int vigil_exit_readv(struct sys_exit_ctx *ctx) { return io_exit(ctx->ret, false); }
-SEC("tracepoint/syscalls/sys_enter_write")
-int vigil_enter_write(struct sys_enter_ctx *ctx) { return io_enter(ctx->args[0]); }
 SEC("tracepoint/syscalls/sys_exit_write")
 int vigil_exit_write(struct sys_exit_ctx *ctx) { return io_exit(ctx->ret, true); }
-SEC("tracepoint/syscalls/sys_enter_pwrite64")
-int vigil_enter_pwrite64(struct sys_enter_ctx *ctx) { return io_enter(ctx->args[0]); }
 SEC("tracepoint/syscalls/sys_exit_pwrite64")
 int vigil_exit_pwrite64(struct sys_exit_ctx *ctx) { return io_exit(ctx->ret, true); }
-SEC("tracepoint/syscalls/sys_enter_writev")
-int vigil_enter_writev(struct sys_enter_ctx *ctx) { return io_enter(ctx->args[0]); }
 SEC("tracepoint/syscalls/sys_exit_writev")
 int vigil_exit_writev(struct sys_exit_ctx *ctx) { return io_exit(ctx->ret, true); }
 
-/* dup family: a copy of a watched descriptor is watched too (shells
- * redirect with dup2, so `cat < /phi/x` reads from a duplicate). Entry
- * remembers the original's key; exit tracks the new descriptor. */
-static __always_inline int dup_enter(__u64 oldfd)
+/* dup family, at exit: a copy of a watched descriptor is watched too (shells
+ * redirect with dup2, so `cat < /phi/x` reads from a duplicate). */
+static __always_inline int dup_exit(__s64 ret, __u64 oldfd)
 {
-	return io_enter(oldfd);
-}
-
-static __always_inline int dup_exit(__s64 ret)
-{
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	__u64 *key = bpf_map_lookup_elem(&inflight_io, &tid);
-	if (!key)
-		return 0;
-	__u64 old_key = *key;
-	bpf_map_delete_elem(&inflight_io, &tid);
 	if (ret < 0)
 		return 0;
+	__u64 old_key = fd_key(oldfd);
 	__u64 new_key = fd_key(ret);
 	if (new_key == old_key)
 		return 0;
@@ -735,8 +868,10 @@ static __always_inline int dup_exit(__s64 ret)
 		bpf_map_delete_elem(&open_files, &new_key);
 	}
 	struct vigil_tracked *file = bpf_map_lookup_elem(&open_files, &old_key);
+	if (!file)
+		return 0;
 	struct scratch *s = get_scratch();
-	if (!file || !s)
+	if (!s)
 		return 0;
 	__builtin_memcpy(&s->slot, file, sizeof(s->slot));
 	s->slot.read_bytes = 0;
@@ -748,28 +883,31 @@ static __always_inline int dup_exit(__s64 ret)
 #define F_DUPFD 0
 #define F_DUPFD_CLOEXEC 1030
 
-SEC("tracepoint/syscalls/sys_enter_dup")
-int vigil_enter_dup(struct sys_enter_ctx *ctx) { return dup_enter(ctx->args[0]); }
 SEC("tracepoint/syscalls/sys_exit_dup")
-int vigil_exit_dup(struct sys_exit_ctx *ctx) { return dup_exit(ctx->ret); }
-SEC("tracepoint/syscalls/sys_enter_dup2")
-int vigil_enter_dup2(struct sys_enter_ctx *ctx) { return dup_enter(ctx->args[0]); }
-SEC("tracepoint/syscalls/sys_exit_dup2")
-int vigil_exit_dup2(struct sys_exit_ctx *ctx) { return dup_exit(ctx->ret); }
-SEC("tracepoint/syscalls/sys_enter_dup3")
-int vigil_enter_dup3(struct sys_enter_ctx *ctx) { return dup_enter(ctx->args[0]); }
-SEC("tracepoint/syscalls/sys_exit_dup3")
-int vigil_exit_dup3(struct sys_exit_ctx *ctx) { return dup_exit(ctx->ret); }
-
-SEC("tracepoint/syscalls/sys_enter_fcntl")
-int vigil_enter_fcntl(struct sys_enter_ctx *ctx)
+int vigil_exit_dup(struct sys_exit_ctx *ctx)
 {
-	if (ctx->args[1] != F_DUPFD && ctx->args[1] != F_DUPFD_CLOEXEC)
-		return 0;
-	return dup_enter(ctx->args[0]);
+	return dup_exit(ctx->ret, PT_REGS_PARM1_SYSCALL(syscall_regs()));
 }
+SEC("tracepoint/syscalls/sys_exit_dup2")
+int vigil_exit_dup2(struct sys_exit_ctx *ctx)
+{
+	return dup_exit(ctx->ret, PT_REGS_PARM1_SYSCALL(syscall_regs()));
+}
+SEC("tracepoint/syscalls/sys_exit_dup3")
+int vigil_exit_dup3(struct sys_exit_ctx *ctx)
+{
+	return dup_exit(ctx->ret, PT_REGS_PARM1_SYSCALL(syscall_regs()));
+}
+
 SEC("tracepoint/syscalls/sys_exit_fcntl")
-int vigil_exit_fcntl(struct sys_exit_ctx *ctx) { return dup_exit(ctx->ret); }
+int vigil_exit_fcntl(struct sys_exit_ctx *ctx)
+{
+	struct pt_regs *regs = syscall_regs();
+	__u64 cmd = (__u32)PT_REGS_PARM2_SYSCALL(regs);
+	if (cmd != F_DUPFD && cmd != F_DUPFD_CLOEXEC)
+		return 0;
+	return dup_exit(ctx->ret, PT_REGS_PARM1_SYSCALL(regs));
+}
 
 /* close of a watched descriptor: emit its read and write roll-ups. */
 SEC("tracepoint/syscalls/sys_enter_close")

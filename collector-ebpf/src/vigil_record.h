@@ -55,7 +55,7 @@ enum vigil_scope_mode {
 
 /* One event, as written into the ring buffer. */
 struct vigil_record {
-	__u64 ktime_ns;   /* bpf_ktime_get_ns() at syscall entry (CLOCK_MONOTONIC) */
+	__u64 ktime_ns;   /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) at entry, or at exit for exit-only syscalls */
 	__u64 cgroup_id;  /* cgroup v2 id of the task */
 	__u64 bytes;      /* read/write/send/recv roll-up total */
 	__s64 target;     /* chown: new uid; setuid/setgid: new id; capset: effective set */
@@ -71,6 +71,8 @@ struct vigil_record {
 	__s32 flags;      /* open(2) flags */
 	__u32 mode;       /* open(2) mode with O_CREAT, chmod mode */
 	__u32 args_len;   /* exec: bytes of argv in path2 */
+	__s32 dirfd;      /* directory descriptor path is relative to (AT_FDCWD: the working directory) */
+	__s32 dirfd2;     /* the same for path2 (rename destination) */
 	__u16 family;     /* AF_INET / AF_INET6 for network records */
 	__u16 sport;      /* local port, host byte order */
 	__u16 dport;      /* remote port, host byte order */

@@ -259,11 +259,11 @@ impl Enricher {
             cgroup_id: raw.cgroup_id as i64,
             container_id: self.container(raw.pid, raw.cgroup_id),
             path: if path_kinds || kind == Kind::Exec {
-                Some(absolute(raw.pid, raw.path()))
+                Some(absolute(raw.pid, raw.dirfd, raw.path()))
             } else {
                 None
             },
-            new_path: (kind == Kind::Rename).then(|| absolute(raw.pid, raw.path2())),
+            new_path: (kind == Kind::Rename).then(|| absolute(raw.pid, raw.dirfd2, raw.path2())),
             flags,
             mode,
             family,
@@ -314,13 +314,23 @@ impl Enricher {
     }
 }
 
-/// A path as the caller gave it, joined to the process's working directory
-/// when relative (and the process is still there to ask).
-fn absolute(pid: u32, path: String) -> String {
+/// `AT_FDCWD`: a path relative to the working directory.
+const AT_FDCWD: i32 = -100;
+
+/// A path as the caller gave it, joined when relative to the directory it
+/// was relative to: the process's working directory, or the directory
+/// descriptor `dirfd` (`openat(dirfd, "x")`), when the process is still
+/// there to ask (and still has that descriptor open).
+fn absolute(pid: u32, dirfd: i32, path: String) -> String {
     if path.starts_with('/') || path.is_empty() {
         return path;
     }
-    match std::fs::read_link(format!("/proc/{pid}/cwd")) {
+    let dir = if dirfd == AT_FDCWD {
+        format!("/proc/{pid}/cwd")
+    } else {
+        format!("/proc/{pid}/fd/{dirfd}")
+    };
+    match std::fs::read_link(dir) {
         Ok(cwd) => cwd.join(&path).to_string_lossy().into_owned(),
         Err(_) => path,
     }

@@ -35,6 +35,8 @@ pub struct RawRecord {
     pub flags: i32,
     pub mode: u32,
     pub args_len: u32,
+    pub dirfd: i32,
+    pub dirfd2: i32,
     pub family: u16,
     pub sport: u16,
     pub dport: u16,
@@ -196,8 +198,8 @@ mod tests {
             rec,
             [
                 ktime_ns, cgroup_id, bytes, target, kind, err, pid, tid, ppid, uid, euid, gid,
-                auid, flags, mode, args_len, family, sport, dport, reserved, saddr, daddr, comm,
-                path, path2
+                auid, flags, mode, args_len, dirfd, dirfd2, family, sport, dport, reserved, saddr,
+                daddr, comm, path, path2
             ]
         );
         rust.extend(fields!(

@@ -3,8 +3,12 @@
 //! - `watched_prefixes` (LPM trie over path bytes): each watched directory
 //!   as given and canonicalised, with a trailing `/`, so `/phi` matches
 //!   `/phi/chart.pdf` but not `/phix`.
-//! - `watched_dirs` (device, inode): the same directories, for paths
-//!   relative to a working directory inside them.
+//! - `watched_dirs` (device, inode): the same directories and the roots of
+//!   file systems mounted below them. The kernel walks an opened file's
+//!   directories up to its file system's root against this map, so a file
+//!   is matched whatever path led to it (relative, through a directory
+//!   descriptor, a symlink or a bind mount); failed opens and other path
+//!   syscalls use it for relative paths.
 //! - `scope_uids`, `scope_cgroups`: the listed uids and cgroup ids; the
 //!   include/exclude mode is a load-time global (see `loader.rs`).
 
@@ -37,24 +41,35 @@ pub fn fill(ebpf: &mut Ebpf, config: &Config) -> Result<()> {
 
     let mut dirs: HashMap<&mut MapData, InodeKey, u32> =
         HashMap::try_from(map(ebpf, "watched_dirs")?).map_err(map_error("watched_dirs"))?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     for watched in &config.watch {
-        match std::fs::metadata(watched) {
-            Ok(meta) => dirs
-                .insert(
-                    InodeKey {
-                        ino: meta.ino(),
-                        dev: kernel_dev(meta.dev()),
-                        reserved: 0,
-                    },
-                    1,
-                    0,
-                )
-                .map_err(map_error("watched_dirs"))?,
-            Err(e) => warn!(
-                path = %watched.display(),
-                error = %e,
-                "Watched directory does not exist yet; only absolute paths under it are matched"
-            ),
+        let mut roots = vec![watched.clone()];
+        if let Ok(canonical) = std::fs::canonicalize(watched) {
+            roots.extend(mounts_below(&mountinfo, &canonical));
+        }
+        for dir in roots {
+            match std::fs::metadata(&dir) {
+                Ok(meta) => {
+                    dirs.insert(
+                        InodeKey {
+                            ino: meta.ino(),
+                            dev: kernel_dev(meta.dev()),
+                            reserved: 0,
+                        },
+                        1,
+                        0,
+                    )
+                    .map_err(map_error("watched_dirs"))?;
+                    if dir != *watched {
+                        info!(mount = %dir.display(), "Watching a mount below a watched directory");
+                    }
+                }
+                Err(e) => warn!(
+                    path = %dir.display(),
+                    error = %e,
+                    "Watched directory does not exist yet; only absolute paths under it are matched"
+                ),
+            }
         }
     }
 
@@ -144,6 +159,26 @@ pub fn kernel_dev(dev: u64) -> u32 {
     ((major << 20) | minor) as u32
 }
 
+/// Mount points strictly below `dir`, from `/proc/self/mountinfo` text
+/// (field 5, with the kernel's octal escapes for space, tab, newline and
+/// backslash undone).
+pub fn mounts_below(mountinfo: &str, dir: &Path) -> Vec<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|field| PathBuf::from(unescape_mount_point(field)))
+        .filter(|mount| mount != dir && mount.starts_with(dir))
+        .collect()
+}
+
+fn unescape_mount_point(field: &str) -> String {
+    field
+        .replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
 /// Watched directories as paths (for logs and tests).
 pub fn describe(watch: &[PathBuf]) -> String {
     watch
@@ -165,6 +200,24 @@ mod tests {
         assert_eq!(bits, 40);
         assert_eq!(&data[..5], b"/phi/");
         assert_eq!(data[5], 0);
+    }
+
+    #[test]
+    fn mounts_below_a_watched_directory_are_found_with_their_escapes_undone() {
+        let mountinfo = "\
+22 1 254:0 / / rw - ext4 /dev/vda rw
+30 22 0:26 / /srv/phi/scans rw - tmpfs tmpfs rw
+31 22 0:27 / /srv/phi/old\\040notes rw - tmpfs tmpfs rw
+32 22 0:28 / /srv/phix rw - tmpfs tmpfs rw
+33 22 0:29 / /srv/phi rw - tmpfs tmpfs rw
+";
+        assert_eq!(
+            mounts_below(mountinfo, Path::new("/srv/phi")),
+            vec![
+                PathBuf::from("/srv/phi/scans"),
+                PathBuf::from("/srv/phi/old notes")
+            ]
+        );
     }
 
     #[test]

@@ -1,0 +1,141 @@
+//! Opens that name a watched file by a relative path are matched by the
+//! directories the file is in, not by the path's text: through a directory
+//! descriptor (`openat(dirfd, "x")`), and relative to a working directory
+//! that is itself not watched (`cat phi/x` from phi's parent). The events
+//! carry the absolute path. Relative opens of unwatched files stay silent.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Collector, Published, consume_until, require_root};
+use vigil_schemas::Kind;
+use vigil_schemas::testkit::TestBroker;
+
+/// openat(2)'s number, for perl's syscall().
+#[cfg(target_arch = "x86_64")]
+const SYS_OPENAT: u32 = 257;
+#[cfg(target_arch = "aarch64")]
+const SYS_OPENAT: u32 = 56;
+
+const ENOENT: i32 = 2;
+
+/// Runs perl: opens DIR as a directory descriptor, then openat(dirfd, NAME)
+/// for each name; prints each result (a descriptor or -errno).
+fn openat_each(dir: &Path, names: &[&str]) -> String {
+    let script = format!(
+        "use Fcntl; sysopen(my $d, $ARGV[0], O_RDONLY | O_DIRECTORY) or die \"$ARGV[0]: $!\"; \
+         shift @ARGV; for my $name (@ARGV) {{ my $fd = syscall({SYS_OPENAT}, fileno($d), $name, 0); \
+         print $fd >= 0 ? \"$fd\\n\" : -($!+0) . \"\\n\"; }}"
+    );
+    let output = Command::new("perl")
+        .args(["-e", &script])
+        .arg(dir)
+        .args(names)
+        .output()
+        .expect("run perl");
+    assert!(
+        output.status.success(),
+        "perl openat: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn opens_of<'a>(events: &'a [Published], path: &Path) -> Vec<&'a vigil_schemas::Event> {
+    let path = path.to_str().expect("utf-8 temp path");
+    events
+        .iter()
+        .map(|p| &p.event)
+        .filter(|e| e.kind == Kind::Open && e.path.as_deref() == Some(path))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relative_opens_through_a_directory_descriptor_or_an_unwatched_cwd_are_matched() {
+    require_root();
+    let broker = TestBroker::start();
+    let topic = broker.topic("collector.relative", 1).await;
+    let parent = tempfile::tempdir().expect("temp dir");
+    let watched = parent.path().join("phi");
+    let outside = parent.path().join("other");
+    std::fs::create_dir(&watched).expect("mkdir phi");
+    std::fs::create_dir(&outside).expect("mkdir other");
+    let collector = Collector::start(broker.bootstrap(), &topic, &watched, &[]);
+
+    let by_dirfd = watched.join("by-dirfd.txt");
+    let by_cwd = watched.join("by-cwd.txt");
+    let unwatched = outside.join("by-dirfd.txt");
+    std::fs::write(&by_dirfd, b"dirfd").expect("write");
+    std::fs::write(&by_cwd, b"cwd").expect("write");
+    std::fs::write(&unwatched, b"unwatched").expect("write");
+
+    let results = openat_each(&watched, &["by-dirfd.txt", "missing.txt"]);
+    let mut lines = results.lines();
+    assert!(
+        lines
+            .next()
+            .is_some_and(|fd| fd.parse::<i32>().is_ok_and(|fd| fd >= 0)),
+        "openat(phi, by-dirfd.txt) succeeds: {results}"
+    );
+    assert_eq!(
+        lines.next(),
+        Some("-2"),
+        "openat(phi, missing.txt) fails with ENOENT"
+    );
+    let unwatched_result = openat_each(&outside, &["by-dirfd.txt"]);
+    assert!(
+        !unwatched_result.starts_with('-'),
+        "openat(other, by-dirfd.txt) succeeds: {unwatched_result}"
+    );
+    // `cat phi/by-cwd.txt` from phi's parent, which is not watched.
+    let cat = Command::new("cat")
+        .arg("phi/by-cwd.txt")
+        .current_dir(parent.path())
+        .output()
+        .expect("run cat");
+    assert_eq!(cat.stdout, b"cwd", "cat read the file");
+    let marker = watched.join("marker.txt");
+    std::fs::write(&marker, b"end").expect("write marker");
+
+    let events = consume_until(
+        broker.bootstrap(),
+        &topic,
+        Duration::from_secs(30),
+        |events| !opens_of(events, &marker).is_empty(),
+    )
+    .await;
+    let stderr = collector.stop();
+    let summary: Vec<_> = events
+        .iter()
+        .map(|p| (&p.event.kind, &p.event.comm, &p.event.path, p.event.errno))
+        .collect();
+
+    let dirfd_opens = opens_of(&events, &by_dirfd);
+    assert!(
+        dirfd_opens.iter().any(|e| e.comm == "perl" && e.errno == 0),
+        "openat(dirfd of phi, \"by-dirfd.txt\") is reported with its absolute path: \
+         {summary:?}\n{stderr}"
+    );
+    let missing_opens = opens_of(&events, &watched.join("missing.txt"));
+    assert!(
+        missing_opens
+            .iter()
+            .any(|e| e.comm == "perl" && e.errno == ENOENT),
+        "the failed openat(dirfd of phi, \"missing.txt\") is reported with ENOENT: {summary:?}"
+    );
+    let cwd_opens = opens_of(&events, &by_cwd);
+    assert!(
+        cwd_opens.iter().any(|e| e.comm == "cat" && e.errno == 0),
+        "cat phi/by-cwd.txt from an unwatched directory is reported: {summary:?}"
+    );
+    assert!(
+        events.iter().all(|p| {
+            let path = p.event.path.as_deref().unwrap_or_default();
+            !path.starts_with(outside.to_str().expect("utf-8")) && !path.ends_with("/other")
+        }),
+        "nothing about the unwatched directory or its file: {summary:?}"
+    );
+}
