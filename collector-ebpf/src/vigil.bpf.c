@@ -445,36 +445,58 @@ static __always_inline __u64 submit_flags(void)
 	if (threshold > 65536)
 		threshold = 65536;
 	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
-	return avail >= threshold && avail < threshold + 4 * sizeof(struct vigil_record)
+	return avail >= threshold && avail < threshold + 8 * sizeof(struct vigil_record)
 		       ? BPF_RB_FORCE_WAKEUP
 		       : BPF_RB_NO_WAKEUP;
+}
+
+/* A record whose path2 is empty (every kind but exec and rename) goes into
+ * the ring buffer without it: VIGIL_RECORD_SHORT bytes instead of the whole
+ * struct, less to copy here and to read in user space, which zero-fills the
+ * rest. */
+#define VIGIL_RECORD_SHORT __builtin_offsetof(struct vigil_record, path2)
+
+static __always_inline bool has_path2(const struct vigil_record *src)
+{
+	return src->path2[0] != 0 || src->args_len != 0;
+}
+
+/* Copies a record into the ring buffer, as `kind` and with `bytes` when
+ * kind is not 0 (a roll-up of a tracked record), or counts the loss. */
+static __always_inline void emit_as(const struct vigil_record *src, __u32 kind, __u64 bytes)
+{
+	struct vigil_record *rec;
+	if (has_path2(src)) {
+		rec = bpf_ringbuf_reserve(&events, sizeof(*rec), 0);
+		if (rec)
+			__builtin_memcpy(rec, src, sizeof(*rec));
+	} else {
+		rec = bpf_ringbuf_reserve(&events, VIGIL_RECORD_SHORT, 0);
+		if (rec)
+			__builtin_memcpy(rec, src, VIGIL_RECORD_SHORT);
+	}
+	if (!rec) {
+		count_drop(kind ? kind : src->kind);
+		return;
+	}
+	if (kind) {
+		rec->kind = kind;
+		rec->bytes = bytes;
+		rec->ktime_ns = bpf_ktime_get_ns();
+	}
+	bpf_ringbuf_submit(rec, submit_flags());
 }
 
 /* Copies a finished record into the ring buffer, or counts the loss. */
 static __always_inline void emit(const struct vigil_record *src)
 {
-	struct vigil_record *rec = bpf_ringbuf_reserve(&events, sizeof(*rec), 0);
-	if (!rec) {
-		count_drop(src->kind);
-		return;
-	}
-	__builtin_memcpy(rec, src, sizeof(*rec));
-	bpf_ringbuf_submit(rec, submit_flags());
+	emit_as(src, 0, 0);
 }
 
 /* Emits a copy of a tracked record with another kind and a byte count. */
 static __always_inline void emit_rollup(const struct vigil_record *src, __u32 kind, __u64 bytes)
 {
-	struct vigil_record *rec = bpf_ringbuf_reserve(&events, sizeof(*rec), 0);
-	if (!rec) {
-		count_drop(kind);
-		return;
-	}
-	__builtin_memcpy(rec, src, sizeof(*rec));
-	rec->kind = kind;
-	rec->bytes = bytes;
-	rec->ktime_ns = bpf_ktime_get_ns();
-	bpf_ringbuf_submit(rec, submit_flags());
+	emit_as(src, kind, bytes);
 }
 
 /* Stages the scratch record for this thread's syscall exit. */

@@ -99,17 +99,31 @@ impl std::fmt::Debug for RawTracked {
     }
 }
 
+/// The bytes of a record the kernel writes without `path2` (every kind but
+/// exec and rename): everything before that field (`VIGIL_RECORD_SHORT` in
+/// `vigil.bpf.c`).
+pub const SHORT_LEN: usize = std::mem::offset_of!(RawRecord, path2);
+
 impl RawRecord {
-    /// Reads a record from ring-buffer bytes; `None` when the slice is too
-    /// short to be one.
+    /// Reads a record from ring-buffer bytes, whole or short (without
+    /// `path2`, which then reads as empty); `None` when the slice is too
+    /// short to be either.
     pub fn from_bytes(bytes: &[u8]) -> Option<RawRecord> {
-        if bytes.len() < std::mem::size_of::<RawRecord>() {
+        const FULL: usize = std::mem::size_of::<RawRecord>();
+        if bytes.len() >= FULL {
+            // SAFETY: the slice holds at least size_of::<RawRecord>() bytes,
+            // the read is unaligned, and every bit pattern is a valid
+            // RawRecord (see the Pod impl above).
+            return Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<RawRecord>()) });
+        }
+        if bytes.len() < SHORT_LEN {
             return None;
         }
-        // SAFETY: the slice holds at least size_of::<RawRecord>() bytes, the
-        // read is unaligned, and every bit pattern is a valid RawRecord (see
-        // the Pod impl above).
-        Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<RawRecord>()) })
+        let mut whole = [0u8; FULL];
+        whole[..SHORT_LEN].copy_from_slice(&bytes[..SHORT_LEN]);
+        // SAFETY: as above, from a buffer of exactly size_of::<RawRecord>()
+        // bytes.
+        Some(unsafe { std::ptr::read_unaligned(whole.as_ptr().cast::<RawRecord>()) })
     }
 
     /// The task's command name.
@@ -238,6 +252,26 @@ mod tests {
     #[test]
     fn short_slices_are_not_records() {
         assert!(RawRecord::from_bytes(&[0u8; 16]).is_none());
+        assert!(RawRecord::from_bytes(&vec![0u8; SHORT_LEN - 1]).is_none());
+    }
+
+    #[test]
+    fn records_without_path2_read_with_an_empty_path2() {
+        let mut bytes = vec![0xffu8; SHORT_LEN];
+        bytes[offset_of!(RawRecord, path)..][..5].copy_from_slice(b"/phi\0");
+        let rec = RawRecord::from_bytes(&bytes).expect("a short record parses");
+        assert_eq!(rec.path(), "/phi");
+        assert_eq!(rec.path2(), "");
+        assert_eq!(rec.pid, u32::MAX, "fields before path2 are kept");
+        assert_eq!(
+            SHORT_LEN,
+            layout::FIELDS
+                .iter()
+                .find(|(s, f, _, _)| *s == "vigil_record" && *f == "path2")
+                .map(|(_, _, offset, _)| *offset)
+                .expect("path2 in the layout"),
+            "the short record ends where the C header's path2 starts"
+        );
     }
 
     #[test]
