@@ -72,6 +72,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary>
 
     let (producer, deliveries) = publish::producer(&config.brokers, config.queue_capacity)?;
     let (mut outbox, rx) = Outbox::new(host.clone(), config.queue_capacity);
+    outbox.started();
     let publisher = tokio::spawn(publish::publish(
         rx,
         producer,

@@ -33,6 +33,10 @@ use crate::error::Result;
 /// Why events were lost, as the gap event's `reason`.
 pub const KERNEL_RINGBUF_FULL: &str = "kernel_ringbuf_full";
 pub const PRODUCER_QUEUE_FULL: &str = "producer_queue_full";
+/// The first event of every run: the collector was not watching before it
+/// (host boot, or the collector stopped, crashed or was upgraded), so the
+/// trail has a hole from the host's previous event up to this one.
+pub const COLLECTOR_RESTART: &str = "collector_restart";
 
 /// Delivery counters shared with librdkafka's callback thread.
 #[derive(Debug, Default)]
@@ -134,6 +138,18 @@ impl Outbox {
             lost_total: 0,
         };
         (outbox, rx)
+    }
+
+    /// Queues the run's first event, a `collector_restart` gap: the
+    /// sequence starts again at 1 and nothing was watched before now. How
+    /// much was missed is unknown, so `lost` is 0; the detector and the
+    /// audit trail see the hole between the host's last event of the
+    /// previous run and this event's time.
+    pub fn started(&mut self) {
+        let gap = self.gap(0, None, 0, COLLECTOR_RESTART);
+        if !self.try_queue(gap) {
+            warn!("Queue full at start; the collector_restart gap was not queued");
+        }
     }
 
     /// Events waiting for the publisher.
@@ -386,6 +402,21 @@ mod tests {
         assert_eq!(detail.reason, PRODUCER_QUEUE_FULL);
         let next = rx.try_recv().expect("the event after the gap");
         assert_eq!((next.kind, next.seq), (Kind::Read, 4));
+    }
+
+    #[test]
+    fn a_run_starts_with_a_restart_gap_numbered_one() {
+        let (mut outbox, mut rx) = Outbox::new("h".into(), 8);
+        outbox.started();
+        outbox.push(event(Kind::Open));
+        let first = rx.try_recv().expect("restart gap queued");
+        assert_eq!((first.kind, first.seq), (Kind::Gap, 1));
+        let detail = first.gap.expect("gap detail");
+        assert_eq!(detail.reason, COLLECTOR_RESTART);
+        assert_eq!((detail.first_seq, detail.last_seq), (0, 1));
+        assert_eq!(detail.lost, 0, "how much was missed is unknown");
+        let next = rx.try_recv().expect("the first collected event");
+        assert_eq!((next.kind, next.seq), (Kind::Open, 2));
     }
 
     #[test]
