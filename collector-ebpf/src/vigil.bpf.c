@@ -433,21 +433,22 @@ static __always_inline void count_drop(__u32 kind)
 		__sync_fetch_and_add(count, 1);
 }
 
-/* Wakes the collector only when a batch has just built up: when the unread
- * data (this record included) crosses an eighth of the ring buffer (at most
- * 64 KiB). Past that the reader is awake or about to be, and waking it for
- * every further record would queue a wakeup per record. A crossing two CPUs
- * race past is caught by the reader's short drain timer, so a quiet host's
- * events wait at most that long. */
-static __always_inline __u64 submit_flags(void)
+/* Wakes the collector only when a batch has just built up: when this
+ * record (`size` bytes) takes the unread data across an eighth of the ring
+ * buffer (at most 64 KiB). Past that the reader is awake or about to be;
+ * waking it again would cost a self-interrupt (irq_work) per record. A
+ * crossing that two CPUs race past is caught by the reader's short drain
+ * timer, so events wait at most that long. */
+static __always_inline __u64 submit_flags(__u64 size)
 {
 	__u64 threshold = bpf_ringbuf_query(&events, BPF_RB_RING_SIZE) / 8;
 	if (threshold > 65536)
 		threshold = 65536;
+	/* reserved space includes an 8-byte header, rounded up to 8 */
+	__u64 used = ((size + 7) & ~7ull) + 8;
 	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
-	return avail >= threshold && avail < threshold + 8 * sizeof(struct vigil_record)
-		       ? BPF_RB_FORCE_WAKEUP
-		       : BPF_RB_NO_WAKEUP;
+	return avail >= threshold && avail < threshold + used ? BPF_RB_FORCE_WAKEUP
+								: BPF_RB_NO_WAKEUP;
 }
 
 /* A record whose path2 is empty (every kind but exec and rename) goes into
@@ -466,6 +467,7 @@ static __always_inline bool has_path2(const struct vigil_record *src)
 static __always_inline void emit_as(const struct vigil_record *src, __u32 kind, __u64 bytes)
 {
 	struct vigil_record *rec;
+	__u64 size = has_path2(src) ? sizeof(*rec) : VIGIL_RECORD_SHORT;
 	if (has_path2(src)) {
 		rec = bpf_ringbuf_reserve(&events, sizeof(*rec), 0);
 		if (rec)
@@ -484,7 +486,7 @@ static __always_inline void emit_as(const struct vigil_record *src, __u32 kind, 
 		rec->bytes = bytes;
 		rec->ktime_ns = bpf_ktime_get_ns();
 	}
-	bpf_ringbuf_submit(rec, submit_flags());
+	bpf_ringbuf_submit(rec, submit_flags(size));
 }
 
 /* Copies a finished record into the ring buffer, or counts the loss. */
