@@ -107,13 +107,16 @@ struct {
 	__type(value, struct vigil_tracked);
 } open_files SEC(".maps");
 
-/* Processes (or threads) that have had an entry in open_files: only their
- * forks and exits walk it. */
+/* Processes (or threads) that have had an entry in open_files, with how
+ * many they have now: only the forks and exits of those with some walk it
+ * (a walk visits every bucket, about 200 us). The count goes up only when
+ * an entry is inserted and down only when one is deleted, so it never
+ * says none while some are left. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
 	__type(key, __u32);
-	__type(value, __u32);
+	__type(value, __s64);
 } files_owners SEC(".maps");
 
 /* Connections seen at connect or accept, by socket address. */
@@ -260,14 +263,41 @@ static __always_inline struct pt_regs *syscall_regs(void)
 }
 
 /* Adds a watched descriptor and marks its owner for fork and exit. */
+static __always_inline void count_owned(__u32 owner, __s64 delta)
+{
+	__s64 *count = bpf_map_lookup_elem(&files_owners, &owner);
+	if (!count) {
+		if (delta < 0 || !bpf_map_update_elem(&files_owners, &owner, &delta, BPF_NOEXIST))
+			return;
+		count = bpf_map_lookup_elem(&files_owners, &owner); /* raced: another thread added it */
+		if (!count)
+			return;
+	}
+	__sync_fetch_and_add(count, delta);
+}
+
+/* True when a process (or thread) may have entries in open_files. */
+static __always_inline bool owns_files(__u32 owner)
+{
+	__s64 *count = bpf_map_lookup_elem(&files_owners, &owner);
+	return count && *count > 0;
+}
+
+/* Adds a watched descriptor (or replaces one whose close was not seen) and
+ * counts it for its owner. */
 static __always_inline void track_file(__u64 key, struct vigil_tracked *file)
 {
-	__u32 owner = key >> 32;
-	__u32 one = 1;
-	bpf_map_update_elem(&open_files, &key, file, BPF_ANY);
-	/* an LRU update costs more than a lookup; owners stay marked */
-	if (!bpf_map_lookup_elem(&files_owners, &owner))
-		bpf_map_update_elem(&files_owners, &owner, &one, BPF_ANY);
+	if (bpf_map_update_elem(&open_files, &key, file, BPF_NOEXIST) == 0)
+		count_owned(key >> 32, 1);
+	else
+		bpf_map_update_elem(&open_files, &key, file, BPF_ANY);
+}
+
+/* Drops a watched descriptor and uncounts it. */
+static __always_inline void untrack_file(__u64 key)
+{
+	if (bpf_map_delete_elem(&open_files, &key) == 0)
+		count_owned(key >> 32, -1);
 }
 
 /* Puts "/name" in front of the path being built at pos; the new start, or
@@ -697,9 +727,8 @@ static long inherit_descriptor(void *map, __u64 *key, struct vigil_tracked *file
 	s->slot.read_bytes = 0;
 	s->slot.write_bytes = 0;
 	__u64 child_key = ((__u64)ctx->child << 32) | (*key & 0xffffffffull);
-	__u32 one = 1;
-	bpf_map_update_elem(map, &child_key, &s->slot, BPF_NOEXIST);
-	bpf_map_update_elem(&files_owners, &ctx->child, &one, BPF_ANY);
+	if (bpf_map_update_elem(map, &child_key, &s->slot, BPF_NOEXIST) == 0)
+		count_owned(ctx->child, 1);
 	return 0;
 }
 
@@ -714,7 +743,7 @@ int vigil_fork(struct trace_event_raw_sched_process_fork *ctx)
 		.parent = bpf_get_current_pid_tgid() >> 32,
 		.child = ctx->child_pid,
 	};
-	if (!bpf_map_lookup_elem(&files_owners, &inherit.parent))
+	if (!owns_files(inherit.parent))
 		return 0;
 	bpf_for_each_map_elem(&open_files, inherit_descriptor, &inherit, 0);
 	return 0;
@@ -732,15 +761,18 @@ int vigil_exit(struct trace_event_raw_sched_process_exit *ctx)
 	__u32 tid = (__u32)pid_tgid;
 	if (tid != (pid_tgid >> 32) && bpf_map_lookup_elem(&files_owners, &tid)) {
 		/* a thread: drop the copies fork made under its thread id */
-		struct sweep_ctx thread = {.tgid = tid};
-		bpf_for_each_map_elem(&open_files, sweep_descriptor, &thread, 0);
+		if (owns_files(tid)) {
+			struct sweep_ctx thread = {.tgid = tid};
+			bpf_for_each_map_elem(&open_files, sweep_descriptor, &thread, 0);
+		}
 		bpf_map_delete_elem(&files_owners, &tid);
 	}
 	if (!last_thread)
 		return 0;
 	struct sweep_ctx sweep = {.tgid = pid_tgid >> 32};
 	if (bpf_map_lookup_elem(&files_owners, &sweep.tgid)) {
-		bpf_for_each_map_elem(&open_files, sweep_descriptor, &sweep, 0);
+		if (owns_files(sweep.tgid))
+			bpf_for_each_map_elem(&open_files, sweep_descriptor, &sweep, 0);
 		bpf_map_delete_elem(&files_owners, &sweep.tgid);
 	}
 
@@ -889,7 +921,7 @@ static __always_inline int dup_exit(__s64 ret, __u64 oldfd)
 	struct vigil_tracked *replaced = bpf_map_lookup_elem(&open_files, &new_key);
 	if (replaced) {
 		emit_file_rollups(replaced);
-		bpf_map_delete_elem(&open_files, &new_key);
+		untrack_file(new_key);
 	}
 	struct vigil_tracked *file = bpf_map_lookup_elem(&open_files, &old_key);
 	if (!file)
@@ -942,7 +974,7 @@ int vigil_enter_close(struct sys_enter_ctx *ctx)
 	if (!file)
 		return 0;
 	emit_file_rollups(file);
-	bpf_map_delete_elem(&open_files, &key);
+	untrack_file(key);
 	return 0;
 }
 
