@@ -107,16 +107,25 @@ struct {
 	__type(value, struct vigil_tracked);
 } open_files SEC(".maps");
 
-/* Processes (or threads) that have had an entry in open_files, with how
- * many they have now: only the forks and exits of those with some walk it
- * (a walk visits every bucket, about 200 us). The count goes up only when
- * an entry is inserted and down only when one is deleted, so it never
- * says none while some are left. */
+/* A process's (or thread's) entries in open_files: how many, and which of
+ * its descriptors below OWNED_BITS they are. The count goes up only when an
+ * entry is inserted and down only when one is deleted, so it never says
+ * none while some are left. */
+#define OWNED_BITS 128
+struct owned {
+	__s64 count;
+	__u64 low[OWNED_BITS / 64];
+};
+
+/* Processes (or threads) that have had an entry in open_files. Only the
+ * forks and exits of those that still have some touch open_files: one
+ * lookup per descriptor when they are all below OWNED_BITS, otherwise a
+ * walk of the whole map (every bucket, about 200 us). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
 	__type(key, __u32);
-	__type(value, __s64);
+	__type(value, struct owned);
 } files_owners SEC(".maps");
 
 /* Connections seen at connect or accept, by socket address. */
@@ -262,25 +271,43 @@ static __always_inline struct pt_regs *syscall_regs(void)
 	return (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 }
 
-/* Adds a watched descriptor and marks its owner for fork and exit. */
-static __always_inline void count_owned(__u32 owner, __s64 delta)
+/* Counts an entry of open_files (key: owner << 32 | fd) in or out. */
+static __always_inline void count_owned(__u64 key, __s64 delta)
 {
-	__s64 *count = bpf_map_lookup_elem(&files_owners, &owner);
-	if (!count) {
-		if (delta < 0 || !bpf_map_update_elem(&files_owners, &owner, &delta, BPF_NOEXIST))
+	__u32 owner = key >> 32;
+	__u32 fd = (__u32)key;
+	struct owned *owned = bpf_map_lookup_elem(&files_owners, &owner);
+	if (!owned) {
+		if (delta < 0)
 			return;
-		count = bpf_map_lookup_elem(&files_owners, &owner); /* raced: another thread added it */
-		if (!count)
+		struct owned fresh = {};
+		bpf_map_update_elem(&files_owners, &owner, &fresh, BPF_NOEXIST);
+		owned = bpf_map_lookup_elem(&files_owners, &owner);
+		if (!owned)
 			return;
 	}
-	__sync_fetch_and_add(count, delta);
+	__sync_fetch_and_add(&owned->count, delta);
+	if (fd < OWNED_BITS) {
+		__u64 bit = 1ull << (fd & 63);
+		if (delta > 0)
+			__sync_fetch_and_or(&owned->low[(fd >> 6) & 1], bit);
+		else
+			__sync_fetch_and_and(&owned->low[(fd >> 6) & 1], ~bit);
+	}
 }
 
-/* True when a process (or thread) may have entries in open_files. */
-static __always_inline bool owns_files(__u32 owner)
+/* A process's (or thread's) entries, when it has some. */
+static __always_inline struct owned *owned_files(__u32 owner)
 {
-	__s64 *count = bpf_map_lookup_elem(&files_owners, &owner);
-	return count && *count > 0;
+	struct owned *owned = bpf_map_lookup_elem(&files_owners, &owner);
+	return owned && owned->count > 0 ? owned : NULL;
+}
+
+/* True when every entry of an owner is in its bitmap. */
+static __always_inline bool all_in_bitmap(const struct owned *owned)
+{
+	return owned->count ==
+	       __builtin_popcountll(owned->low[0]) + __builtin_popcountll(owned->low[1]);
 }
 
 /* Adds a watched descriptor (or replaces one whose close was not seen) and
@@ -288,7 +315,7 @@ static __always_inline bool owns_files(__u32 owner)
 static __always_inline void track_file(__u64 key, struct vigil_tracked *file)
 {
 	if (bpf_map_update_elem(&open_files, &key, file, BPF_NOEXIST) == 0)
-		count_owned(key >> 32, 1);
+		count_owned(key, 1);
 	else
 		bpf_map_update_elem(&open_files, &key, file, BPF_ANY);
 }
@@ -297,7 +324,7 @@ static __always_inline void track_file(__u64 key, struct vigil_tracked *file)
 static __always_inline void untrack_file(__u64 key)
 {
 	if (bpf_map_delete_elem(&open_files, &key) == 0)
-		count_owned(key >> 32, -1);
+		count_owned(key, -1);
 }
 
 /* Puts "/name" in front of the path being built at pos; the new start, or
@@ -728,8 +755,68 @@ static long inherit_descriptor(void *map, __u64 *key, struct vigil_tracked *file
 	s->slot.write_bytes = 0;
 	__u64 child_key = ((__u64)ctx->child << 32) | (*key & 0xffffffffull);
 	if (bpf_map_update_elem(map, &child_key, &s->slot, BPF_NOEXIST) == 0)
-		count_owned(ctx->child, 1);
+		count_owned(child_key, 1);
 	return 0;
+}
+
+/* The roll-ups of an exiting owner's descriptors, and their entries gone:
+ * by its bitmap when it covers them all, otherwise by a walk. */
+static __always_inline void sweep_owner(__u32 owner)
+{
+	struct owned *owned = owned_files(owner);
+	if (!owned)
+		return;
+	if (!all_in_bitmap(owned)) {
+		struct sweep_ctx sweep = {.tgid = owner};
+		bpf_for_each_map_elem(&open_files, sweep_descriptor, &sweep, 0);
+		return;
+	}
+	__u64 low[2] = {owned->low[0], owned->low[1]};
+	for (__u32 fd = 0; fd < OWNED_BITS; fd++) {
+		if (!((low[(fd >> 6) & 1] >> (fd & 63)) & 1))
+			continue;
+		__u64 key = ((__u64)owner << 32) | fd;
+		struct vigil_tracked *file = bpf_map_lookup_elem(&open_files, &key);
+		if (!file)
+			continue;
+		if (file->read_bytes)
+			emit_rollup(&file->rec, VIGIL_KIND_READ, file->read_bytes);
+		if (file->write_bytes)
+			emit_rollup(&file->rec, VIGIL_KIND_WRITE, file->write_bytes);
+		bpf_map_delete_elem(&open_files, &key);
+	}
+}
+
+/* A new task's copies of its parent's descriptors: by the parent's bitmap
+ * when it covers them all, otherwise by a walk. */
+static __always_inline void inherit_owner(__u32 parent, __u32 child)
+{
+	struct owned *owned = owned_files(parent);
+	if (!owned)
+		return;
+	if (!all_in_bitmap(owned)) {
+		struct inherit_ctx inherit = {.parent = parent, .child = child};
+		bpf_for_each_map_elem(&open_files, inherit_descriptor, &inherit, 0);
+		return;
+	}
+	struct scratch *s = get_scratch();
+	if (!s)
+		return;
+	__u64 low[2] = {owned->low[0], owned->low[1]};
+	for (__u32 fd = 0; fd < OWNED_BITS; fd++) {
+		if (!((low[(fd >> 6) & 1] >> (fd & 63)) & 1))
+			continue;
+		__u64 key = ((__u64)parent << 32) | fd;
+		struct vigil_tracked *file = bpf_map_lookup_elem(&open_files, &key);
+		if (!file)
+			continue;
+		__builtin_memcpy(&s->slot, file, sizeof(s->slot));
+		s->slot.read_bytes = 0;
+		s->slot.write_bytes = 0;
+		__u64 child_key = ((__u64)child << 32) | fd;
+		if (bpf_map_update_elem(&open_files, &child_key, &s->slot, BPF_NOEXIST) == 0)
+			count_owned(child_key, 1);
+	}
 }
 
 /* fork: the child's reads of an inherited watched descriptor (a shell's
@@ -739,13 +826,7 @@ static long inherit_descriptor(void *map, __u64 *key, struct vigil_tracked *file
 SEC("tracepoint/sched/sched_process_fork")
 int vigil_fork(struct trace_event_raw_sched_process_fork *ctx)
 {
-	struct inherit_ctx inherit = {
-		.parent = bpf_get_current_pid_tgid() >> 32,
-		.child = ctx->child_pid,
-	};
-	if (!owns_files(inherit.parent))
-		return 0;
-	bpf_for_each_map_elem(&open_files, inherit_descriptor, &inherit, 0);
+	inherit_owner(bpf_get_current_pid_tgid() >> 32, ctx->child_pid);
 	return 0;
 }
 
@@ -761,19 +842,15 @@ int vigil_exit(struct trace_event_raw_sched_process_exit *ctx)
 	__u32 tid = (__u32)pid_tgid;
 	if (tid != (pid_tgid >> 32) && bpf_map_lookup_elem(&files_owners, &tid)) {
 		/* a thread: drop the copies fork made under its thread id */
-		if (owns_files(tid)) {
-			struct sweep_ctx thread = {.tgid = tid};
-			bpf_for_each_map_elem(&open_files, sweep_descriptor, &thread, 0);
-		}
+		sweep_owner(tid);
 		bpf_map_delete_elem(&files_owners, &tid);
 	}
 	if (!last_thread)
 		return 0;
-	struct sweep_ctx sweep = {.tgid = pid_tgid >> 32};
-	if (bpf_map_lookup_elem(&files_owners, &sweep.tgid)) {
-		if (owns_files(sweep.tgid))
-			bpf_for_each_map_elem(&open_files, sweep_descriptor, &sweep, 0);
-		bpf_map_delete_elem(&files_owners, &sweep.tgid);
+	__u32 tgid = pid_tgid >> 32;
+	if (bpf_map_lookup_elem(&files_owners, &tgid)) {
+		sweep_owner(tgid);
+		bpf_map_delete_elem(&files_owners, &tgid);
 	}
 
 	if (!task_in_scope())

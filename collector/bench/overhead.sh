@@ -5,6 +5,9 @@
 #      watched and non-watched files: median seconds of ROUNDS runs each;
 #   2. redis-benchmark GET/SET throughput (collector with its default scope).
 # Bare and attached runs alternate, so drift hits both. Prints a table.
+# The loop also runs under three empty programs on the tracepoints the
+# collector needs for it (sys_exit_openat, sys_exit_read, sys_enter_close;
+# see tracepoint_cost.sh): the floor any syscall-tracepoint collector pays.
 #
 #   collector/bench/overhead.sh            # ITERATIONS=200000 ROUNDS=5
 # Needs: gcc, python3, redis-server and redis-benchmark (deploy/local/setup.sh),
@@ -37,6 +40,13 @@ for i in $(seq 0 63); do
   cp "$work/phi/file-$i" "$work/other/file-$i"
 done
 gcc -O2 -o "$work/loop" collector/bench/open_read_loop.c
+floor=
+if gcc -O2 -o "$work/attach" collector/bench/tracepoint_cost/attach.c -lbpf 2> /dev/null; then
+  include=collector-ebpf/include
+  bpftool btf dump file /sys/kernel/btf/vmlinux format c > "$work/vmlinux.h" 2> /dev/null && include=$work
+  clang -O2 -g -target bpf -D__TARGET_ARCH_x86 -DSET_THREE -I "$include" \
+    -c collector/bench/tracepoint_cost/empty.bpf.c -o "$work/three.o" && floor=1
+fi
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 "$tansu" broker --storage-engine memory://tansu/ --listener-url "tcp://127.0.0.1:$port" \
@@ -61,6 +71,9 @@ median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 declare -A times
 for round in $(seq "$ROUNDS"); do
   for dir in phi other; do times[bare-$dir]+="$("$work/loop" "$work/$dir" "$ITERATIONS") "; done
+  if [[ -n $floor ]]; then
+    times[floor]+="$("$work/attach" "$work/three.o" "$work/loop" "$work/other" "$ITERATIONS") "
+  fi
   for dir in phi other; do
     start_collector "$work/phi"
     times[vigil-$dir]+="$("$work/loop" "$work/$dir" "$ITERATIONS") "
@@ -77,6 +90,11 @@ for dir in phi other; do
   label=$([[ $dir == phi ]] && echo "watched" || echo "not watched")
   printf '%-22s %8s %8s %8.3f\n' "$label" "$bare" "$with" "$(awk -v w="$with" -v b="$bare" 'BEGIN {print w / b}')"
 done
+if [[ -n $floor ]]; then
+  bare=$(tr ' ' '\n' <<< "${times[bare-other]}" | grep . | median)
+  with=$(tr ' ' '\n' <<< "${times[floor]}" | grep . | median)
+  printf '%-22s %8s %8s %8.3f\n' "empty tracepoints" "$bare" "$with" "$(awk -v w="$with" -v b="$bare" 'BEGIN {print w / b}')"
+fi
 phi_with=$(tr ' ' '\n' <<< "${times[vigil-phi]}" | grep . | median)
 echo "watched-file events/s with the collector (open + read roll-up per iteration): $(awk -v n="$ITERATIONS" -v t="$phi_with" 'BEGIN {printf "%d", 2 * n / t}')"
 
