@@ -61,6 +61,9 @@ pub struct Options {
     pub canary_rate: f64,
     /// How long to wait for the detector to catch up after the history.
     pub catch_up_timeout: Duration,
+    /// Keep the run's detector state (RocksDB, gigabytes for a full run)
+    /// instead of deleting it when the run ends.
+    pub keep_state: bool,
 }
 
 fn now_ns() -> i64 {
@@ -594,6 +597,12 @@ pub async fn run(options: &Options) -> Result<Report> {
 
     detector.stop().await?;
     reader.abort();
+    if !options.keep_state {
+        let state = work.join("state");
+        if let Err(e) = std::fs::remove_dir_all(&state) {
+            eprintln!("loadtest: could not delete {}: {e}", state.display());
+        }
+    }
     let dead_letters = count_messages(&options.brokers, &topics.dlq, &prefix).unwrap_or(0);
 
     let collected = collected

@@ -89,6 +89,11 @@ struct Cli {
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     catch_up_timeout: Duration,
 
+    /// Keep the run's detector state (RocksDB; gigabytes after a full run)
+    /// under --out instead of deleting it at the end.
+    #[arg(long)]
+    keep_state: bool,
+
     /// Exit 1 when the median event-to-alert latency is above this.
     #[arg(long)]
     assert_p50_ms: Option<f64>,
@@ -136,6 +141,7 @@ async fn main() -> ExitCode {
         rate: cli.rate,
         canary_rate: cli.canary_rate,
         catch_up_timeout: cli.catch_up_timeout,
+        keep_state: cli.keep_state,
     };
     let report = match run(&options).await {
         Ok(report) => report,

@@ -49,6 +49,7 @@ async fn a_small_hospital_run_catches_every_scenario_and_times_canaries() {
         rate: 400.0,
         canary_rate: 20.0,
         catch_up_timeout: Duration::from_secs(240),
+        keep_state: false,
     };
     let report = match run(&options).await {
         Ok(report) => report,
@@ -88,4 +89,13 @@ async fn a_small_hospital_run_catches_every_scenario_and_times_canaries() {
     assert!(svg.starts_with("<svg"));
     let text = std::fs::read_to_string(out.path().join("report.txt")).expect("report.txt");
     assert!(text.contains("recall"));
+    // The detector's state is deleted with the run; its log stays.
+    let runs: Vec<_> = std::fs::read_dir(out.path())
+        .expect("out dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert!(runs[0].join("detector.log").exists());
+    assert!(!runs[0].join("state").exists());
 }
