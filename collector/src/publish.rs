@@ -113,7 +113,9 @@ struct Loss {
 /// Numbers events and queues them for the publisher.
 #[derive(Debug)]
 pub struct Outbox {
-    tx: mpsc::Sender<Event>,
+    // Boxed: an Event is several hundred bytes, moved twice through the
+    // channel otherwise.
+    tx: mpsc::Sender<Box<Event>>,
     host: String,
     run_id: String,
     next_seq: i64,
@@ -126,7 +128,7 @@ impl Outbox {
     /// An outbox with room for `capacity` events, and the receiving end for
     /// [`publish`]. Sequence numbers start at 1 for each run; `event_id`
     /// is `host:run:seq`, with the run id the start time in nanoseconds.
-    pub fn new(host: String, capacity: usize) -> (Outbox, mpsc::Receiver<Event>) {
+    pub fn new(host: String, capacity: usize) -> (Outbox, mpsc::Receiver<Box<Event>>) {
         let (tx, rx) = mpsc::channel(capacity.max(2));
         let outbox = Outbox {
             tx,
@@ -234,7 +236,7 @@ impl Outbox {
         if let Some(gap) = event.gap.as_mut() {
             gap.last_seq = seq;
         }
-        match self.tx.try_send(event) {
+        match self.tx.try_send(Box::new(event)) {
             Ok(()) => {
                 self.next_seq += 1;
                 true
@@ -294,7 +296,7 @@ impl Outbox {
 /// empty, then flushes. After `shutdown`, gives the broker `flush_timeout`
 /// to take what is left; returns how many events were never handed over.
 pub async fn publish(
-    mut rx: mpsc::Receiver<Event>,
+    mut rx: mpsc::Receiver<Box<Event>>,
     producer: EventProducer,
     stats: Arc<DeliveryStats>,
     topic: String,
@@ -311,7 +313,7 @@ pub async fn publish(
             abandoned += 1;
             continue;
         }
-        let payload = vigil_schemas::encode(&event)?;
+        let payload = vigil_schemas::encode(&*event)?;
         let key = event.principal();
         loop {
             let record = BaseRecord::to(&topic).key(&key).payload(&payload);

@@ -119,11 +119,15 @@ impl RawRecord {
         if bytes.len() < SHORT_LEN {
             return None;
         }
-        let mut whole = [0u8; FULL];
-        whole[..SHORT_LEN].copy_from_slice(&bytes[..SHORT_LEN]);
-        // SAFETY: as above, from a buffer of exactly size_of::<RawRecord>()
-        // bytes.
-        Some(unsafe { std::ptr::read_unaligned(whole.as_ptr().cast::<RawRecord>()) })
+        let mut rec = std::mem::MaybeUninit::<RawRecord>::zeroed();
+        // SAFETY: `rec` is SHORT_LEN + (FULL - SHORT_LEN) bytes, all zeroed
+        // (a valid RawRecord: see the Pod impl above); the first SHORT_LEN
+        // are overwritten from the slice, which holds at least that many,
+        // and the two do not overlap.
+        Some(unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), rec.as_mut_ptr().cast::<u8>(), SHORT_LEN);
+            rec.assume_init()
+        })
     }
 
     /// The task's command name.
