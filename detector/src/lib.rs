@@ -20,8 +20,11 @@
 //! - [`state`] — the state store trait, RocksDB and in-memory stores.
 //! - [`rule_tests`] — `detector rules test`.
 //! - [`tail`] — `detector tail`.
+//! - [`alert_text`] — `detector alerts`: alerts and review items as
+//!   readable lines.
 //! - [`config`] — `detector run` settings; [`error`] — the error type.
 
+pub mod alert_text;
 pub mod audit_chain;
 pub mod baseline;
 pub mod config;

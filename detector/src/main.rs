@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
+use vigil_detector::alert_text::{self, AlertsOptions};
 use vigil_detector::audit_chain::{Verifier, record_from_json};
 use vigil_detector::config::{DetectorConfig, RunArgs};
 use vigil_detector::pipeline::Pipeline;
@@ -73,6 +74,59 @@ enum Command {
         /// Exit when no record has arrived for this many seconds.
         #[arg(long, env = "VIGIL_TAIL_IDLE_TIMEOUT", value_name = "SECONDS")]
         idle_timeout: Option<f64>,
+    },
+
+    /// Print alerts and review items as they arrive, two readable lines each.
+    ///
+    /// The first line: when the finding was made (UTC), its severity, ALERT
+    /// (from the alert topic) or REVIEW (from the review topic: the
+    /// principal's baseline is still learning, which on a new host is
+    /// everyone for the first --learning-days of `detector run`), and the
+    /// rule's title. The second: the principal and its role, the host, the
+    /// figures that made it anomalous (PHI opens in 15 minutes, events this
+    /// hour against the usual, role z-score, hour rarity, what was seen for
+    /// the first time, ...), how many triggering events and how long after
+    /// the last one the alert was made, the rule id and version, the HIPAA
+    /// control and the ATT&CK techniques.
+    ///
+    /// Follows until Ctrl-C (or --count / --idle-timeout). Only documents
+    /// written after it starts are shown unless --from-beginning is given.
+    /// For the raw JSON use `detector tail --topic vigil.alerts.v1`.
+    ///
+    /// Example: detector alerts --from-beginning
+    Alerts {
+        /// Alert topic.
+        #[arg(long, env = "VIGIL_ALERTS_TOPIC", default_value = "vigil.alerts.v1")]
+        alerts_topic: String,
+
+        /// Review topic (alerts of principals still learning).
+        #[arg(long, env = "VIGIL_REVIEW_TOPIC", default_value = "vigil.review.v1")]
+        review_topic: String,
+
+        /// Show alerts only, not review items.
+        #[arg(long)]
+        no_review: bool,
+
+        /// Print what is already on the topics first.
+        #[arg(long)]
+        from_beginning: bool,
+
+        /// Only findings of this rule id (e.g. phi-bulk-read).
+        #[arg(long, value_name = "ID")]
+        rule: Option<String>,
+
+        /// Exit after printing this many alerts and review items.
+        #[arg(long)]
+        count: Option<u64>,
+
+        /// Exit when nothing has arrived for this many seconds.
+        #[arg(long, value_name = "SECONDS")]
+        idle_timeout: Option<f64>,
+
+        /// Colour severity and label: auto (when stdout is a terminal and
+        /// NO_COLOR is unset), always or never.
+        #[arg(long, default_value = "auto", value_parser = ["auto", "always", "never"])]
+        color: String,
     },
 }
 
@@ -294,6 +348,45 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::SUCCESS)
                 }
             }
+        }
+        Command::Alerts {
+            alerts_topic,
+            review_topic,
+            no_review,
+            from_beginning,
+            rule,
+            count,
+            idle_timeout,
+            color,
+        } => {
+            use std::io::IsTerminal;
+            let color = match color.as_str() {
+                "always" => true,
+                "never" => false,
+                _ => std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+            };
+            let options = AlertsOptions {
+                brokers,
+                alerts_topic,
+                review_topic: (!no_review).then_some(review_topic),
+                from_beginning,
+                rule,
+                count,
+                idle_timeout: idle_timeout
+                    .map(|secs| seconds("--idle-timeout", secs))
+                    .transpose()?,
+                color,
+            };
+            let summary = alert_text::run(&options, &mut std::io::stdout(), &mut std::io::stderr())
+                .await
+                .with_context(|| format!("follow alerts on {}", options.brokers))?;
+            if summary.unreadable > 0 {
+                eprintln!(
+                    "detector alerts: {} alerts, {} review items, {} unreadable",
+                    summary.alerts, summary.review, summary.unreadable
+                );
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Tail {
             topic,
