@@ -541,6 +541,90 @@ WHERE is_phi AND kind = 'open' AND errno = 0 AND user_phi_opens_15m > 200
         );
     }
 
+    /// `run` against a real broker: both topics are followed, the rule
+    /// filter holds, an unreadable record is named with its position and
+    /// skipped, and without `from_beginning` older documents are not shown.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn follows_both_topics_filters_by_rule_and_names_unreadable_records() {
+        use rdkafka::producer::FutureRecord;
+        use vigil_schemas::testkit::TestBroker;
+
+        let broker = TestBroker::start();
+        let alerts_topic = broker.topic("alerts.text", 1).await;
+        let review_topic = broker.topic("review.text", 1).await;
+        let review = bulk_read_review_item().await;
+        let mut alert = review.clone();
+        alert.unmapped.vigil.learning = false;
+        let mut other_rule = alert.clone();
+        other_rule.unmapped.vigil.rule_id = "some-other-rule".into();
+        let json = |a: &Alert| serde_json::to_vec(a).expect("alert serializes");
+        let records: [(&str, Vec<u8>); 4] = [
+            (&alerts_topic, b"not an alert document".to_vec()),
+            (&alerts_topic, json(&other_rule)),
+            (&alerts_topic, json(&alert)),
+            (&review_topic, json(&review)),
+        ];
+        for (topic, payload) in &records {
+            broker
+                .producer()
+                .send(
+                    FutureRecord::to(topic).key("alice").payload(payload),
+                    Duration::from_secs(30),
+                )
+                .await
+                .unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
+        }
+
+        let mut options = AlertsOptions {
+            brokers: broker.bootstrap().to_owned(),
+            alerts_topic: alerts_topic.clone(),
+            review_topic: Some(review_topic.clone()),
+            from_beginning: true,
+            rule: Some("bulk-read-demo".into()),
+            count: Some(2),
+            idle_timeout: Some(Duration::from_secs(30)),
+            color: false,
+        };
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let summary = run(&options, &mut out, &mut err).await.expect("follows");
+        let (out, err) = (
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(err).unwrap(),
+        );
+        assert_eq!(
+            summary,
+            AlertsSummary {
+                alerts: 1,
+                review: 1,
+                unreadable: 1
+            },
+            "stdout:\n{out}\nstderr:\n{err}"
+        );
+        assert_eq!(out.lines().count(), 4, "two lines per document:\n{out}");
+        assert_eq!(out.matches("  ALERT  ").count(), 1, "{out}");
+        assert_eq!(
+            out.matches("REVIEW (baseline learning)").count(),
+            1,
+            "{out}"
+        );
+        assert!(!out.contains("some-other-rule"), "{out}");
+        assert!(
+            err.contains(&format!(
+                "unreadable alert document: topic {alerts_topic} partition 0 offset 0"
+            )),
+            "{err}"
+        );
+
+        // Started after they were written: none of them is shown.
+        options.from_beginning = false;
+        options.count = None;
+        options.idle_timeout = Some(Duration::from_secs(3));
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let summary = run(&options, &mut out, &mut err).await.expect("follows");
+        assert_eq!(summary, AlertsSummary::default());
+        assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
+    }
+
     #[test]
     fn times_are_utc_with_milliseconds() {
         assert_eq!(utc_millis(1_795_428_000_123), "2026-11-23 10:00:00.123 UTC");
