@@ -588,8 +588,8 @@ WHERE is_phi AND kind = 'open' AND errno = 0 AND user_phi_opens_15m > 200
         let (mut out, mut err) = (Vec::new(), Vec::new());
         let summary = run(&options, &mut out, &mut err).await.expect("follows");
         let (out, err) = (
-            String::from_utf8(out).unwrap(),
-            String::from_utf8(err).unwrap(),
+            String::from_utf8(out).expect("utf-8 stdout"),
+            String::from_utf8(err).expect("utf-8 stderr"),
         );
         assert_eq!(
             summary,
