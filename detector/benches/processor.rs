@@ -3,7 +3,8 @@
 //!
 //! Run: `cargo bench -p vigil-detector --bench processor`
 //! Prints events/s at batch size 1024 and per-batch latency (p50, p99) at
-//! batch sizes 1, 64 and 1024.
+//! batch sizes 1, 64 and 1024, with baselines and offsets checkpointed once
+//! a second (the service's default) and, at 1024, with every batch.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -146,7 +147,7 @@ fn events(count: usize) -> Vec<Input> {
         .collect()
 }
 
-async fn processor(state: &Path, rules: &Path) -> Processor {
+async fn processor(state: &Path, rules: &Path, checkpoint: Duration) -> Processor {
     let (rule_set, errors) = RuleSet::load_dir(rules).await;
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(rule_set.len(), 20, "twenty rules");
@@ -157,7 +158,8 @@ async fn processor(state: &Path, rules: &Path) -> Processor {
         RoleFile::open(None).expect("roles"),
         7,
         "bench",
-    );
+    )
+    .with_checkpoint_interval(checkpoint);
     for partition in 0..6 {
         processor.open_chain(partition, None).expect("open chain");
     }
@@ -179,9 +181,17 @@ fn main() {
         let inputs = events(200_000);
 
         println!("detector hot path, one core: decode + baselines + 20 rules + audit + RocksDB commit");
-        for batch in [1024usize, 64, 1] {
+        // The service's default checkpoint interval (1 s), and for
+        // comparison baselines and offsets written with every batch.
+        let runs = [
+            (1024usize, Duration::from_secs(1)),
+            (1024, Duration::ZERO),
+            (64, Duration::from_secs(1)),
+            (1, Duration::from_secs(1)),
+        ];
+        for (batch, checkpoint) in runs {
             let state = tempfile::tempdir().expect("state dir");
-            let mut processor = processor(state.path(), rules.path()).await;
+            let mut processor = processor(state.path(), rules.path(), checkpoint).await;
             let total = match batch {
                 1 => 3_000,
                 64 => 50_000,
@@ -210,7 +220,8 @@ fn main() {
             let elapsed = measured_from.elapsed();
             latencies.sort();
             println!(
-                "batch {batch:>5}: {:>9.0} events/s   per batch p50 {:>8.3} ms  p99 {:>8.3} ms   ({measured_events} events measured, {alerts} alerts)",
+                "batch {batch:>5}, checkpoint {:>6}: {:>9.0} events/s   per batch p50 {:>8.3} ms  p99 {:>8.3} ms   ({measured_events} events measured, {alerts} alerts)",
+                format!("{}ms", checkpoint.as_millis()),
                 measured_events as f64 / elapsed.as_secs_f64(),
                 percentile(&latencies, 0.5).as_secs_f64() * 1e3,
                 percentile(&latencies, 0.99).as_secs_f64() * 1e3,

@@ -76,6 +76,13 @@ pub struct RunArgs {
     #[arg(long, env = "VIGIL_LINGER_MS")]
     pub linger_ms: Option<u64>,
 
+    /// How often, in milliseconds, baselines and consumed offsets are
+    /// written to the state store [default: 1000]. Alerts and audit records
+    /// are published with every batch regardless; after a crash the
+    /// detector replays at most this much of the stream (0: every batch).
+    #[arg(long, env = "VIGIL_CHECKPOINT_MS")]
+    pub checkpoint_ms: Option<u64>,
+
     /// Days from a principal's first event until its alerts leave learning
     /// mode (review topic) for the alert topic [default: 7].
     #[arg(long, env = "VIGIL_LEARNING_DAYS")]
@@ -99,6 +106,7 @@ struct FileConfig {
     roles: Option<PathBuf>,
     batch_rows: Option<usize>,
     linger_ms: Option<u64>,
+    checkpoint_ms: Option<u64>,
     learning_days: Option<u32>,
     resume_exact: Option<bool>,
 }
@@ -119,6 +127,7 @@ pub struct DetectorConfig {
     pub roles: Option<PathBuf>,
     pub batch_rows: usize,
     pub linger: Duration,
+    pub checkpoint_interval: Duration,
     pub learning_days: u32,
     pub resume_exact: bool,
 }
@@ -143,6 +152,7 @@ impl DetectorConfig {
             roles: None,
             batch_rows: 1024,
             linger: Duration::from_millis(5),
+            checkpoint_interval: Duration::from_secs(1),
             learning_days: 7,
             resume_exact: false,
         }
@@ -184,6 +194,9 @@ impl DetectorConfig {
             if let Some(ms) = file.linger_ms {
                 config.linger = Duration::from_millis(ms);
             }
+            if let Some(ms) = file.checkpoint_ms {
+                config.checkpoint_interval = Duration::from_millis(ms);
+            }
             if let Some(exact) = file.resume_exact {
                 config.resume_exact = exact;
             }
@@ -211,6 +224,9 @@ impl DetectorConfig {
         }
         if let Some(ms) = args.linger_ms {
             config.linger = Duration::from_millis(ms);
+        }
+        if let Some(ms) = args.checkpoint_ms {
+            config.checkpoint_interval = Duration::from_millis(ms);
         }
         if args.resume_exact {
             config.resume_exact = true;

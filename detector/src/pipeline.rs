@@ -247,6 +247,8 @@ pub struct Pipeline {
     /// Batches whose outputs are with the broker and whose state waits for
     /// their acknowledgements, oldest first.
     in_flight: VecDeque<InFlight>,
+    /// Next offset per events partition as last written to the state store.
+    written: HashMap<i32, i64>,
     /// Fault injection for the crash tests: abort after publishing this
     /// batch's outputs, before writing its state (`VIGIL_TEST_ABORT_AFTER_PUBLISH`).
     abort_after_publish: Option<u64>,
@@ -334,7 +336,8 @@ impl Pipeline {
             roles,
             config.learning_days,
             &config.events_topic,
-        );
+        )
+        .with_checkpoint_interval(config.checkpoint_interval);
         Ok(Pipeline {
             config,
             consumer,
@@ -344,6 +347,7 @@ impl Pipeline {
             resume_at,
             counters: Counters::default(),
             in_flight: VecDeque::new(),
+            written: HashMap::new(),
             abort_after_publish: std::env::var("VIGIL_TEST_ABORT_AFTER_PUBLISH")
                 .ok()
                 .and_then(|v| v.parse().ok()),
@@ -394,10 +398,12 @@ impl Pipeline {
                     }
                 }
                 // Idle: write the state of batches still waiting for their
-                // acknowledgements, so state and group offsets catch up.
+                // acknowledgements and the deferred checkpoint, so state and
+                // group offsets catch up.
                 _ = tokio::time::sleep(self.config.linger),
-                    if pending.is_empty() && !self.in_flight.is_empty() => {
-                    self.settle(0).await?;
+                    if pending.is_empty()
+                        && (!self.in_flight.is_empty() || self.processor.has_deferred()) => {
+                    self.checkpoint_now().await?;
                 }
             }
             if Instant::now() >= next_reload {
@@ -419,7 +425,7 @@ impl Pipeline {
                 );
             }
         }
-        self.settle(0).await?;
+        self.checkpoint_now().await?;
         self.producer
             .flush(Duration::from_secs(30))
             .map_err(|e| Error::kafka("flush producer", e))?;
@@ -453,8 +459,22 @@ impl Pipeline {
     async fn flush(&mut self, inputs: Vec<Input>) -> Result<()> {
         if self.revoked.swap(false, Ordering::SeqCst) {
             // Write what earlier batches produced before forgetting them.
-            self.settle(0).await?;
+            self.checkpoint_now().await?;
             self.processor.reset_after_rebalance();
+            // The new assignment may have read the stored offsets before
+            // that write: records up to what was just written are already
+            // in the state and must not be processed again.
+            let mut resume_at = self
+                .resume_at
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            for (&partition, &next) in &self.written {
+                resume_at
+                    .entry(partition)
+                    .and_modify(|at| *at = (*at).max(next))
+                    .or_insert(next);
+            }
+            drop(resume_at);
         }
         let partitions: HashSet<i32> = inputs.iter().map(|i| i.partition).collect();
         for partition in self.processor.unopened(partitions.iter().copied()) {
@@ -522,6 +542,17 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Waits for every published batch's acknowledgement, writes their
+    /// state, then the checkpoint of baselines and offsets deferred so far.
+    async fn checkpoint_now(&mut self) -> Result<()> {
+        self.settle(0).await?;
+        if self.processor.has_deferred() {
+            let state = self.processor.checkpoint();
+            self.write_state(state)?;
+        }
+        Ok(())
+    }
+
     /// Writes an acknowledged batch's state and offsets.
     fn commit_batch(&mut self, batch: u64, state: StateWrite) -> Result<()> {
         if self.abort_after_publish == Some(batch) {
@@ -531,10 +562,21 @@ impl Pipeline {
             );
             std::process::abort();
         }
+        self.write_state(state)
+    }
+
+    /// Writes state and offsets to the store, then the offsets to the group.
+    fn write_state(&mut self, state: StateWrite) -> Result<()> {
         let offsets = state.offsets.clone();
         self.processor.commit(state)?;
+        if offsets.is_empty() {
+            return Ok(());
+        }
         let mut tpl = TopicPartitionList::new();
         for (topic, partition, offset) in offsets {
+            if topic == self.config.events_topic {
+                self.written.insert(partition, offset);
+            }
             let _ = tpl.add_partition_offset(&topic, partition, Offset::Offset(offset));
         }
         if let Err(e) = self

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use vigil_schemas::{Alert, AuditRecord, Event, decode};
 
@@ -84,6 +85,12 @@ pub struct Processor {
     /// (the pipeline processes the next batch while the broker
     /// acknowledges the previous one's outputs).
     uncommitted_alerts: HashSet<String>,
+    /// How often baselines and offsets are checkpointed; see
+    /// [`Processor::with_checkpoint_interval`].
+    checkpoint_interval: Duration,
+    last_checkpoint: Instant,
+    /// Next offsets of the batches processed since the last checkpoint.
+    deferred_offsets: BTreeMap<i32, i64>,
 }
 
 impl Processor {
@@ -102,6 +109,44 @@ impl Processor {
             opened: HashSet::new(),
             events_topic: events_topic.to_owned(),
             uncommitted_alerts: HashSet::new(),
+            checkpoint_interval: Duration::ZERO,
+            last_checkpoint: Instant::now(),
+            deferred_offsets: BTreeMap::new(),
+        }
+    }
+
+    /// Checkpoints baselines and consumed offsets at most once per
+    /// `interval` instead of with every batch (zero, the default: every
+    /// batch). A baseline touched by many batches is then encoded and
+    /// written once per interval, not once per batch. Batches in between
+    /// still write their alert ids and audit chain heads; their offsets
+    /// wait for the next checkpoint together with the baselines they
+    /// changed, so after a crash the detector replays from the last
+    /// checkpoint and rebuilds exactly that state (audit records and alerts
+    /// already published are recognised by chain head and alert id).
+    pub fn with_checkpoint_interval(mut self, interval: Duration) -> Processor {
+        self.checkpoint_interval = interval;
+        self
+    }
+
+    /// Whether processed batches wait for a checkpoint.
+    pub fn has_deferred(&self) -> bool {
+        !self.deferred_offsets.is_empty()
+    }
+
+    /// The baselines and offsets deferred since the last checkpoint, to be
+    /// committed once every batch processed so far is acknowledged (idle,
+    /// shutdown, before a rebalance).
+    pub fn checkpoint(&mut self) -> StateWrite {
+        self.last_checkpoint = Instant::now();
+        StateWrite {
+            baselines: self.enricher.take_writes(),
+            chain_heads: self.chains.take_changed(),
+            offsets: std::mem::take(&mut self.deferred_offsets)
+                .into_iter()
+                .map(|(partition, offset)| (self.events_topic.clone(), partition, offset))
+                .collect(),
+            alerted: Vec::new(),
         }
     }
 
@@ -148,6 +193,7 @@ impl Processor {
         self.enricher.clear_cache();
         self.chains.clear();
         self.opened.clear();
+        self.deferred_offsets.clear();
     }
 
     /// Processes one batch of records in order. `now_ns` stamps alerts and
@@ -236,12 +282,16 @@ impl Processor {
             }
         }
 
-        output.state.baselines = self.enricher.take_writes();
         output.state.chain_heads = self.chains.take_changed();
-        output.state.offsets = next_offsets
-            .into_iter()
-            .map(|(partition, offset)| (self.events_topic.clone(), partition, offset))
-            .collect();
+        for (partition, next) in next_offsets {
+            let deferred = self.deferred_offsets.entry(partition).or_insert(next);
+            *deferred = (*deferred).max(next);
+        }
+        if self.last_checkpoint.elapsed() >= self.checkpoint_interval {
+            let checkpoint = self.checkpoint();
+            output.state.baselines = checkpoint.baselines;
+            output.state.offsets = checkpoint.offsets;
+        }
         Ok(output)
     }
 
