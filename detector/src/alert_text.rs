@@ -20,10 +20,10 @@ use std::fmt::Write as _;
 use std::io::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::{Message, Offset, TopicPartitionList};
-use vigil_schemas::{Alert, bus};
+use rdkafka::{Message, Offset};
+use vigil_schemas::Alert;
 
+use crate::tail::{assigned_consumer, recv_within};
 use crate::{Error, Result};
 
 /// Where a document arrived, which decides its label.
@@ -284,55 +284,17 @@ pub async fn run(
     err: &mut impl Write,
 ) -> Result<AlertsSummary> {
     let started_ms = now_ms();
-    let mut config = bus::consumer_config(
-        &options.brokers,
-        &format!("vigil-alerts-{}", std::process::id()),
-    );
-    config.set("enable.partition.eof", "false");
-    let consumer: StreamConsumer = config
-        .create()
-        .map_err(|e| Error::kafka("create consumer", e))?;
-
-    let mut topics = vec![options.alerts_topic.clone()];
-    topics.extend(options.review_topic.clone());
-    let mut assignment = TopicPartitionList::new();
-    for topic in &topics {
-        let metadata = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .map_err(|e| Error::kafka(format!("read metadata of {topic}"), e))?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .filter(|t| t.name() == topic && t.error().is_none())
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
-        if partitions.is_empty() {
-            return Err(Error::UnknownTopic {
-                topic: topic.clone(),
-                brokers: options.brokers.clone(),
-            });
-        }
-        for partition in partitions {
-            assignment
-                .add_partition_offset(topic, partition, Offset::Beginning)
-                .map_err(|e| Error::kafka("build assignment", e))?;
-        }
-    }
-    consumer
-        .assign(&assignment)
-        .map_err(|e| Error::kafka("assign partitions", e))?;
+    let mut topics = vec![options.alerts_topic.as_str()];
+    topics.extend(options.review_topic.as_deref());
+    let consumer = assigned_consumer(&options.brokers, "vigil-alerts", &topics, Offset::Beginning)?;
 
     let mut summary = AlertsSummary::default();
     while options
         .count
         .is_none_or(|count| summary.alerts + summary.review < count)
     {
-        let next = match options.idle_timeout {
-            Some(idle) => match tokio::time::timeout(idle, consumer.recv()).await {
-                Ok(next) => next,
-                Err(_) => break,
-            },
-            None => consumer.recv().await,
+        let Some(next) = recv_within(&consumer, options.idle_timeout).await else {
+            break;
         };
         let message = next.map_err(|e| Error::kafka("consume alerts", e))?;
         if !options.from_beginning

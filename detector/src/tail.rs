@@ -13,6 +13,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaResult;
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::{Value, json};
@@ -82,59 +83,78 @@ fn record_json(message: &BorrowedMessage<'_>, contract: String, value: Value) ->
     })
 }
 
+/// A consumer outside any consumer group (so it never moves a service's
+/// committed offsets), assigned every partition of `topics` from `start`.
+/// `client` names it to the broker, with this process's id appended.
+pub(crate) fn assigned_consumer(
+    brokers: &str,
+    client: &str,
+    topics: &[&str],
+    start: Offset,
+) -> Result<StreamConsumer> {
+    let mut config = bus::consumer_config(brokers, &format!("{client}-{}", std::process::id()));
+    config.set("enable.partition.eof", "false");
+    let consumer: StreamConsumer = config
+        .create()
+        .map_err(|e| Error::kafka("create consumer", e))?;
+    let mut assignment = TopicPartitionList::new();
+    for &topic in topics {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .map_err(|e| Error::kafka(format!("read metadata of {topic}"), e))?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic && t.error().is_none())
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        if partitions.is_empty() {
+            return Err(Error::UnknownTopic {
+                topic: topic.to_owned(),
+                brokers: brokers.to_owned(),
+            });
+        }
+        for partition in partitions {
+            assignment
+                .add_partition_offset(topic, partition, start)
+                .map_err(|e| Error::kafka("build assignment", e))?;
+        }
+    }
+    consumer
+        .assign(&assignment)
+        .map_err(|e| Error::kafka("assign partitions", e))?;
+    Ok(consumer)
+}
+
+/// The next message, or `None` when nothing arrived within `idle` (no
+/// limit when `idle` is `None`).
+pub(crate) async fn recv_within(
+    consumer: &StreamConsumer,
+    idle: Option<Duration>,
+) -> Option<KafkaResult<BorrowedMessage<'_>>> {
+    match idle {
+        Some(idle) => tokio::time::timeout(idle, consumer.recv()).await.ok(),
+        None => Some(consumer.recv().await),
+    }
+}
+
 /// Tails a topic, writing JSON lines to `out` and errors to `err`.
 pub async fn run(
     options: &TailOptions,
     out: &mut impl Write,
     err: &mut impl Write,
 ) -> Result<TailSummary> {
-    let mut config = bus::consumer_config(
-        &options.brokers,
-        &format!("vigil-tail-{}", std::process::id()),
-    );
-    config.set("enable.partition.eof", "false");
-    let consumer: StreamConsumer = config
-        .create()
-        .map_err(|e| Error::kafka("create consumer", e))?;
-
-    let metadata = consumer
-        .fetch_metadata(Some(&options.topic), Duration::from_secs(10))
-        .map_err(|e| Error::kafka(format!("read metadata of {}", options.topic), e))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == options.topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    if partitions.is_empty() {
-        return Err(Error::UnknownTopic {
-            topic: options.topic.clone(),
-            brokers: options.brokers.clone(),
-        });
-    }
     let start = if options.from_beginning {
         Offset::Beginning
     } else {
         Offset::End
     };
-    let mut assignment = TopicPartitionList::new();
-    for partition in partitions {
-        assignment
-            .add_partition_offset(&options.topic, partition, start)
-            .map_err(|e| Error::kafka("build assignment", e))?;
-    }
-    consumer
-        .assign(&assignment)
-        .map_err(|e| Error::kafka("assign partitions", e))?;
+    let consumer = assigned_consumer(&options.brokers, "vigil-tail", &[&options.topic], start)?;
 
     let mut summary = TailSummary::default();
     while options.count.is_none_or(|count| summary.records < count) {
-        let next = match options.idle_timeout {
-            Some(idle) => match tokio::time::timeout(idle, consumer.recv()).await {
-                Ok(next) => next,
-                Err(_) => break,
-            },
-            None => consumer.recv().await,
+        let Some(next) = recv_within(&consumer, options.idle_timeout).await else {
+            break;
         };
         let message = next.map_err(|e| Error::kafka(format!("consume {}", options.topic), e))?;
         summary.records += 1;
