@@ -346,6 +346,7 @@ mod tests {
     use std::path::Path;
     use std::sync::Arc;
 
+    use vigil_schemas::testkit::file_event;
     use vigil_schemas::{Event, Kind, encode};
 
     use super::*;
@@ -369,42 +370,15 @@ SELECT * FROM events
 WHERE is_phi AND kind = 'open' AND errno = 0 AND user_phi_opens_15m > 200
 ";
 
+    /// Alice opens patient file `seq`, 10 ms after the previous one.
     fn open(seq: i64) -> Event {
-        Event {
-            event_id: format!("ehr-01:1:{seq}"),
-            host: "ehr-01".into(),
+        file_event(
+            "alice",
+            Kind::Open,
+            &format!("/srv/phi/patient-{seq:04}.txt"),
+            TEN_AM + seq * 10_000_000,
             seq,
-            time_unix_ns: TEN_AM + seq * 10_000_000,
-            kind: Kind::Open,
-            errno: 0,
-            pid: 4242,
-            ppid: 1,
-            tid: 4242,
-            uid: 1000,
-            euid: 1000,
-            gid: 1000,
-            login_uid: Some(1000),
-            user_name: Some("alice".into()),
-            login_name: Some("alice".into()),
-            comm: "cat".into(),
-            exe: Some("/usr/bin/cat".into()),
-            argv: vec![],
-            parent_exe: None,
-            cgroup_id: 1,
-            container_id: None,
-            path: Some(format!("/srv/phi/patient-{seq:04}.txt")),
-            new_path: None,
-            flags: Some(0),
-            mode: None,
-            family: None,
-            src_addr: None,
-            src_port: None,
-            dst_addr: None,
-            dst_port: None,
-            bytes: None,
-            target_id: None,
-            gap: None,
-        }
+        )
     }
 
     /// Runs 205 opens through the detector's own operator chain and returns

@@ -21,6 +21,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::producer::FutureProducer;
 
 use crate::bus;
+use crate::{Event, Kind};
 
 /// How long a broker may take to answer after it is started.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -207,5 +208,45 @@ impl Drop for TestBroker {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// A PHI file event of a human session: `user` (uid 1000) on host
+/// `ehr-01`, from the `ehr-client` program, at `time` (Unix ns).
+pub fn file_event(user: &str, kind: Kind, path: &str, time: i64, seq: i64) -> Event {
+    Event {
+        event_id: format!("ehr-01-{user}-{seq}"),
+        host: "ehr-01".into(),
+        seq,
+        time_unix_ns: time,
+        kind,
+        errno: 0,
+        pid: 4242,
+        ppid: 1,
+        tid: 4242,
+        uid: 1000,
+        euid: 1000,
+        gid: 1000,
+        login_uid: Some(1000),
+        user_name: Some(user.into()),
+        login_name: Some(user.into()),
+        comm: "ehr-client".into(),
+        exe: Some("/usr/bin/ehr-client".into()),
+        argv: vec![],
+        parent_exe: None,
+        cgroup_id: 1,
+        container_id: None,
+        path: Some(path.into()),
+        new_path: None,
+        flags: Some(0),
+        mode: None,
+        family: None,
+        src_addr: None,
+        src_port: None,
+        dst_addr: None,
+        dst_port: None,
+        bytes: None,
+        target_id: None,
+        gap: None,
     }
 }

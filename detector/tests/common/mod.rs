@@ -12,7 +12,7 @@ use rdkafka::message::OwnedMessage;
 use rdkafka::producer::FutureRecord;
 use vigil_detector::config::DetectorConfig;
 use vigil_schemas::testkit::TestBroker;
-use vigil_schemas::{Event, Kind, encode};
+use vigil_schemas::{Event, encode};
 
 pub const DAY: i64 = 86_400_000_000_000;
 /// Monday 2026-11-23 00:00 UTC.
@@ -67,44 +67,7 @@ pub fn config(broker: &TestBroker, topics: &Topics, state: &Path, rules: &Path) 
     config
 }
 
-/// A PHI file event of a human session.
-pub fn file_event(user: &str, kind: Kind, path: &str, time: i64, seq: i64) -> Event {
-    Event {
-        event_id: format!("ehr-01-{user}-{seq}"),
-        host: "ehr-01".into(),
-        seq,
-        time_unix_ns: time,
-        kind,
-        errno: 0,
-        pid: 4242,
-        ppid: 1,
-        tid: 4242,
-        uid: 1000,
-        euid: 1000,
-        gid: 1000,
-        login_uid: Some(1000),
-        user_name: Some(user.into()),
-        login_name: Some(user.into()),
-        comm: "ehr-client".into(),
-        exe: Some("/usr/bin/ehr-client".into()),
-        argv: vec![],
-        parent_exe: None,
-        cgroup_id: 1,
-        container_id: None,
-        path: Some(path.into()),
-        new_path: None,
-        flags: Some(0),
-        mode: None,
-        family: None,
-        src_addr: None,
-        src_port: None,
-        dst_addr: None,
-        dst_port: None,
-        bytes: None,
-        target_id: None,
-        gap: None,
-    }
-}
+pub use vigil_schemas::testkit::file_event;
 
 pub async fn produce_events(broker: &TestBroker, topic: &str, events: &[Event]) {
     let producer = broker.producer();
