@@ -15,8 +15,7 @@
 //! Time is the event's own timestamp, so replayed or simulated history
 //! builds the same baselines as live traffic.
 
-use std::collections::{HashMap, HashSet};
-
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 
 /// Hour-of-week buckets.
@@ -128,12 +127,12 @@ pub struct Baseline {
     pub open_hour: Option<i64>,
     pub open: Volume,
     /// Distinct PHI files of the open hour.
-    open_files: HashSet<u64>,
-    pub seen_exe: HashSet<u64>,
-    pub seen_destination: HashSet<u64>,
-    pub seen_file_class: HashSet<u64>,
+    open_files: FxHashSet<u64>,
+    pub seen_exe: FxHashSet<u64>,
+    pub seen_destination: FxHashSet<u64>,
+    pub seen_file_class: FxHashSet<u64>,
     /// Host (hashed) -> when the entity was first seen on it.
-    pub seen_host: HashMap<u64, i64>,
+    pub seen_host: FxHashMap<u64, i64>,
     /// When the entity last gained root (see [`Baseline::note_escalation`]).
     pub last_escalation_ns: Option<i64>,
     /// Day index of the first and the last observed day, and how many
@@ -301,7 +300,7 @@ impl Baseline {
     }
 
     /// True the first time `value` is seen in `set` (and remembers it).
-    pub fn first_seen(set: &mut HashSet<u64>, value: &str) -> bool {
+    pub fn first_seen(set: &mut FxHashSet<u64>, value: &str) -> bool {
         let hash = stable_hash(value);
         if set.contains(&hash) {
             return false;
@@ -379,7 +378,7 @@ mod tests {
 
     #[test]
     fn first_seen_is_true_once() {
-        let mut set = HashSet::new();
+        let mut set = FxHashSet::default();
         assert!(Baseline::first_seen(&mut set, "/usr/bin/scp"));
         assert!(!Baseline::first_seen(&mut set, "/usr/bin/scp"));
         assert!(Baseline::first_seen(&mut set, "/usr/bin/rsync"));

@@ -5,7 +5,7 @@
 //! `window`) — and each group becomes one [`Alert`] with a deterministic id,
 //! its triggering events, and the baseline figures of its first event.
 
-use std::collections::{BTreeMap, HashMap};
+use rustc_hash::FxHashMap;
 
 use datafusion::arrow::array::{Array, RecordBatch, StringArray};
 use datafusion::arrow::compute::cast;
@@ -21,24 +21,36 @@ use crate::rules::RuleHeader;
 /// Most triggering events listed in one alert.
 pub const MAX_RELATED_EVENTS: usize = 50;
 
-fn event_ids(batch: &RecordBatch) -> Vec<String> {
-    let Ok(column) = batch
-        .schema()
-        .index_of("event_id")
-        .map(|i| batch.column(i).clone())
-    else {
-        return Vec::new();
-    };
-    let Ok(column) = cast(&column, &DataType::Utf8) else {
-        return Vec::new();
-    };
-    let Some(strings) = column.as_any().downcast_ref::<StringArray>() else {
-        return Vec::new();
-    };
-    (0..strings.len())
-        .filter(|&i| strings.is_valid(i))
-        .map(|i| strings.value(i).to_owned())
-        .collect()
+/// A result batch's `event_id` column as strings (cast when a rule
+/// returned it as another type); `None` when the rule did not select it.
+fn event_id_column(batch: &RecordBatch) -> Option<StringArray> {
+    let column = batch.column(batch.schema().index_of("event_id").ok()?);
+    match column.as_any().downcast_ref::<StringArray>() {
+        Some(strings) => Some(strings.clone()),
+        None => cast(column, &DataType::Utf8)
+            .ok()?
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .cloned(),
+    }
+}
+
+/// What makes one firing of a rule distinct from another for a principal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Discriminator<'a> {
+    /// Per-event rules: the event.
+    Event(&'a str),
+    /// Windowed rules: the window's start, in nanoseconds.
+    Window(i64),
+}
+
+impl std::fmt::Display for Discriminator<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Discriminator::Event(id) => write!(f, "event={id}"),
+            Discriminator::Window(start) => write!(f, "window={start}"),
+        }
+    }
 }
 
 fn observation(name: &str, value: impl ToString) -> Observation {
@@ -164,42 +176,46 @@ pub fn alerts(
     rule: &RuleHeader,
     results: &[RecordBatch],
     rows: &[Row],
-    index: &HashMap<&str, usize>,
+    index: &FxHashMap<&str, usize>,
     now_ms: i64,
     mut wanted: impl FnMut(&str) -> crate::Result<bool>,
 ) -> crate::Result<Vec<Alert>> {
     // (principal, discriminator) -> row indexes, in first-seen order.
-    let mut groups: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
-    let mut order: Vec<(String, String)> = Vec::new();
+    let mut groups: FxHashMap<(&str, Discriminator<'_>), Vec<usize>> = FxHashMap::default();
+    let mut order: Vec<(&str, Discriminator<'_>)> = Vec::new();
+    // A rule may return an event more than once (a join, a union).
+    let mut listed = vec![false; rows.len()];
     for batch in results {
-        for event_id in event_ids(batch) {
-            let Some(&i) = index.get(event_id.as_str()) else {
+        let Some(ids) = event_id_column(batch) else {
+            continue;
+        };
+        for event_id in ids.iter().flatten() {
+            let Some(&i) = index.get(event_id) else {
                 continue;
             };
+            if std::mem::replace(&mut listed[i], true) {
+                continue;
+            }
             let row = &rows[i];
             let discriminator = match rule.window {
                 Some(window) => {
                     let width = window.as_nanos().max(1) as i64;
-                    format!(
-                        "window={}",
-                        row.event.time_unix_ns.div_euclid(width) * width
-                    )
+                    Discriminator::Window(row.event.time_unix_ns.div_euclid(width) * width)
                 }
-                None => format!("event={}", row.event.event_id),
+                None => Discriminator::Event(&row.event.event_id),
             };
-            let key = (row.features.principal.clone(), discriminator);
-            let members = groups.entry(key.clone()).or_default();
+            let key = (row.features.principal.as_str(), discriminator);
+            let members = groups.entry(key).or_default();
             if members.is_empty() {
                 order.push(key);
             }
-            if !members.contains(&i) {
-                members.push(i);
-            }
+            members.push(i);
         }
     }
     let mut alerts = Vec::new();
     for key in order {
-        let id = vigil_schemas::alert::alert_id(&rule.id, rule.version, &key.0, &key.1);
+        let discriminator = key.1.to_string();
+        let id = vigil_schemas::alert::alert_id(&rule.id, rule.version, key.0, &discriminator);
         if !wanted(&id)? {
             continue;
         }
@@ -235,9 +251,9 @@ pub fn alerts(
                 severity: rule.severity,
                 hipaa_control: rule.hipaa.clone(),
                 mitre_techniques: rule.mitre.clone(),
-                principal: key.0.clone(),
+                principal: key.0.to_owned(),
                 host: first.event.host.clone(),
-                discriminator: key.1.clone(),
+                discriminator,
                 related_events: members
                     .iter()
                     .take(MAX_RELATED_EVENTS)

@@ -4,10 +4,10 @@
 //! Baselines are cached in memory and written back through the
 //! [`StateStore`] with the batch that changed them ([`Enricher::take_writes`]).
 
-use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
+use rustc_hash::FxHashMap;
 use vigil_schemas::{Event, Kind};
 
 use crate::Result;
@@ -62,20 +62,99 @@ pub fn file_class(path: &str) -> Option<&str> {
         .filter(|p| !p.is_empty())
 }
 
+/// One dimension's cached baselines. Each event touches three of them, so
+/// lookups borrow the key and a baseline is updated in place; a key is
+/// copied only when it first enters the cache or first becomes dirty.
+#[derive(Default)]
+struct Cache {
+    baselines: FxHashMap<String, Cached>,
+    /// Keys changed since the last [`Enricher::take_writes`].
+    dirty: Vec<String>,
+}
+
+struct Cached {
+    baseline: Baseline,
+    dirty: bool,
+}
+
+impl Cache {
+    /// The cached baseline of `key`, read from the store on a miss, marked
+    /// as changed.
+    fn get_mut(
+        &mut self,
+        store: &dyn StateStore,
+        dimension: Dimension,
+        key: &str,
+    ) -> Result<&mut Baseline> {
+        if !self.baselines.contains_key(key) {
+            let baseline = stored(store, dimension, key)?;
+            self.baselines.insert(
+                key.to_owned(),
+                Cached {
+                    baseline,
+                    dirty: false,
+                },
+            );
+        }
+        let Some(cached) = self.baselines.get_mut(key) else {
+            unreachable!("inserted above")
+        };
+        if !cached.dirty {
+            cached.dirty = true;
+            self.dirty.push(key.to_owned());
+        }
+        Ok(&mut cached.baseline)
+    }
+
+    fn take_writes(&mut self, dimension: Dimension) -> Vec<(Dimension, String, Vec<u8>)> {
+        std::mem::take(&mut self.dirty)
+            .into_iter()
+            .filter_map(|key| {
+                let cached = self.baselines.get_mut(&key)?;
+                cached.dirty = false;
+                Some((dimension, key, cached.baseline.encode()))
+            })
+            .collect()
+    }
+
+    fn clear(&mut self) {
+        self.baselines.clear();
+        self.dirty.clear();
+    }
+}
+
+/// A baseline as stored, or a fresh one.
+fn stored(store: &dyn StateStore, dimension: Dimension, key: &str) -> Result<Baseline> {
+    let Some(bytes) = store.baseline(dimension, key)? else {
+        return Ok(Baseline::default());
+    };
+    Ok(Baseline::decode(&bytes).unwrap_or_else(|| {
+        tracing::warn!(
+            ?dimension,
+            key,
+            "Stored baseline has another state layout (written by another detector version); starting this baseline afresh"
+        );
+        Baseline::default()
+    }))
+}
+
 /// Computes features and keeps baselines current.
 pub struct Enricher {
     store: Arc<dyn StateStore>,
     roles: RoleFile,
     learning_days: u32,
-    cache: HashMap<(Dimension, String), Baseline>,
-    dirty: HashSet<(Dimension, String)>,
+    users: Cache,
+    role_baselines: Cache,
+    hosts: Cache,
 }
 
 impl std::fmt::Debug for Enricher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Enricher")
             .field("learning_days", &self.learning_days)
-            .field("cached", &self.cache.len())
+            .field("users", &self.users.baselines.len())
+            .field("roles", &self.role_baselines.baselines.len())
+            .field("hosts", &self.hosts.baselines.len())
             .finish_non_exhaustive()
     }
 }
@@ -86,35 +165,14 @@ impl Enricher {
             store,
             roles,
             learning_days,
-            cache: HashMap::new(),
-            dirty: HashSet::new(),
+            users: Cache::default(),
+            role_baselines: Cache::default(),
+            hosts: Cache::default(),
         }
     }
 
     pub fn roles_mut(&mut self) -> &mut RoleFile {
         &mut self.roles
-    }
-
-    fn load(&mut self, dimension: Dimension, key: &str) -> Result<Baseline> {
-        if let Some(cached) = self.cache.remove(&(dimension, key.to_owned())) {
-            return Ok(cached);
-        }
-        let Some(bytes) = self.store.baseline(dimension, key)? else {
-            return Ok(Baseline::default());
-        };
-        Ok(Baseline::decode(&bytes).unwrap_or_else(|| {
-            tracing::warn!(
-                ?dimension,
-                key,
-                "Stored baseline has another state layout (written by another detector version); starting this baseline afresh"
-            );
-            Baseline::default()
-        }))
-    }
-
-    fn put(&mut self, dimension: Dimension, key: String, baseline: Baseline) {
-        self.dirty.insert((dimension, key.clone()));
-        self.cache.insert((dimension, key), baseline);
     }
 
     /// Updates the baselines with `event` and returns its features.
@@ -133,10 +191,10 @@ impl Enricher {
             None
         };
         let mut features = Features {
-            principal: principal.clone(),
-            role: role.clone(),
+            principal,
+            role,
             is_phi,
-            file_class: file_class.clone(),
+            file_class,
             hour_of_week: hour_of_week(hour) as i32,
             ..Features::default()
         };
@@ -145,9 +203,14 @@ impl Enricher {
             return Ok(features);
         }
 
-        let mut user = self.load(Dimension::User, &principal)?;
-        let mut role_baseline = self.load(Dimension::Role, &role)?;
-        let mut host = self.load(Dimension::Host, &event.host)?;
+        let store = self.store.as_ref();
+        let user = self
+            .users
+            .get_mut(store, Dimension::User, &features.principal)?;
+        let role_baseline = self
+            .role_baselines
+            .get_mut(store, Dimension::Role, &features.role)?;
+        let host = self.hosts.get_mut(store, Dimension::Host, &event.host)?;
 
         for (closed_hour, volume) in user.advance_to(hour) {
             role_baseline.fold_member_hour(closed_hour, volume);
@@ -190,7 +253,7 @@ impl Enricher {
             features.first_seen_destination =
                 Baseline::first_seen(&mut user.seen_destination, &destination);
         }
-        if let Some(class) = file_class.as_deref() {
+        if let Some(class) = features.file_class.as_deref() {
             features.first_seen_file_class = Baseline::first_seen(&mut user.seen_file_class, class);
         }
         features.hours_on_host = user.hours_on_host(&event.host, event.time_unix_ns);
@@ -208,29 +271,22 @@ impl Enricher {
         // Maturity is calendar age, so a weekly job is judged after a week
         // of its history, not after seven of its runs.
         features.learning = features.baseline_age_days < self.learning_days as i32;
-
-        self.put(Dimension::User, principal, user);
-        self.put(Dimension::Role, role, role_baseline);
-        self.put(Dimension::Host, event.host.clone(), host);
         Ok(features)
     }
 
     /// The changed baselines since the last call, encoded for the store.
     pub fn take_writes(&mut self) -> Vec<(Dimension, String, Vec<u8>)> {
-        let dirty = std::mem::take(&mut self.dirty);
-        dirty
-            .into_iter()
-            .filter_map(|(dimension, key)| {
-                let bytes = self.cache.get(&(dimension, key.clone()))?.encode();
-                Some((dimension, key, bytes))
-            })
-            .collect()
+        let mut writes = self.users.take_writes(Dimension::User);
+        writes.extend(self.role_baselines.take_writes(Dimension::Role));
+        writes.extend(self.hosts.take_writes(Dimension::Host));
+        writes
     }
 
     /// Forgets cached baselines (after a rebalance, another instance may
     /// have changed them).
     pub fn clear_cache(&mut self) {
-        self.cache.clear();
-        self.dirty.clear();
+        self.users.clear();
+        self.role_baselines.clear();
+        self.hosts.clear();
     }
 }

@@ -5,10 +5,11 @@
 //! [`crate::pipeline`] feeds it from the consumer and publishes what it
 //! returns; `rules test` and the benchmark feed it directly.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rustc_hash::{FxHashMap, FxHashSet};
 use vigil_schemas::{Alert, AuditRecord, Event, decode};
 
 use crate::Result;
@@ -19,6 +20,10 @@ use crate::events_table::{self, Row};
 use crate::roles::RoleFile;
 use crate::rules::RuleSet;
 use crate::state::{ChainHead, StateStore, StateWrite};
+
+/// Most committed alert ids remembered in memory; past it the memory is
+/// cleared and the state store answers again.
+const ALERTED_CACHE: usize = 100_000;
 
 /// One consumed record.
 #[derive(Debug, Clone)]
@@ -85,6 +90,10 @@ pub struct Processor {
     /// (the pipeline processes the next batch while the broker
     /// acknowledges the previous one's outputs).
     uncommitted_alerts: HashSet<String>,
+    /// Ids of alerts known to be committed, so that a window still open
+    /// in the next batches does not cost a state-store read per batch
+    /// (bounded by [`ALERTED_CACHE`]).
+    committed_alerts: FxHashSet<String>,
     /// How often baselines and offsets are checkpointed; see
     /// [`Processor::with_checkpoint_interval`].
     checkpoint_interval: Duration,
@@ -109,6 +118,7 @@ impl Processor {
             opened: HashSet::new(),
             events_topic: events_topic.to_owned(),
             uncommitted_alerts: HashSet::new(),
+            committed_alerts: FxHashSet::default(),
             checkpoint_interval: Duration::ZERO,
             last_checkpoint: Instant::now(),
             deferred_offsets: BTreeMap::new(),
@@ -224,7 +234,7 @@ impl Processor {
 
         if !rows.is_empty() && !self.rules.is_empty() {
             let batch = events_table::build_batch(&rows)?;
-            let index: HashMap<&str, usize> = rows
+            let index: FxHashMap<&str, usize> = rows
                 .iter()
                 .enumerate()
                 .rev()
@@ -244,11 +254,18 @@ impl Processor {
                 };
                 let store = &self.store;
                 let uncommitted = &self.uncommitted_alerts;
+                let committed = &mut self.committed_alerts;
                 let new_alerts =
                     detection::alerts(&rule.header, &results, &rows, &index, now_ms, |id| {
-                        Ok(!fired.contains(id)
-                            && !uncommitted.contains(id)
-                            && !store.was_alerted(id)?)
+                        if fired.contains(id) || uncommitted.contains(id) || committed.contains(id)
+                        {
+                            return Ok(false);
+                        }
+                        if store.was_alerted(id)? {
+                            remember(committed, id.to_owned());
+                            return Ok(false);
+                        }
+                        Ok(true)
                     })?;
                 for alert in new_alerts {
                     let id = alert.id().to_owned();
@@ -295,14 +312,23 @@ impl Processor {
         Ok(output)
     }
 
-    /// Commits a processed batch's state (after its outputs were
-    /// acknowledged).
-    /// Writes a processed batch's state. Batches must be committed in the
-    /// order they were processed.
+    /// Writes a processed batch's state (after its outputs were
+    /// acknowledged). Batches must be committed in the order they were
+    /// processed.
     pub fn commit(&mut self, state: StateWrite) -> Result<()> {
-        for (id, _) in &state.alerted {
-            self.uncommitted_alerts.remove(id);
+        let alerted: Vec<String> = state.alerted.iter().map(|(id, _)| id.clone()).collect();
+        self.store.commit(state)?;
+        for id in alerted {
+            self.uncommitted_alerts.remove(&id);
+            remember(&mut self.committed_alerts, id);
         }
-        self.store.commit(state)
+        Ok(())
     }
+}
+
+fn remember(committed: &mut FxHashSet<String>, id: String) {
+    if committed.len() >= ALERTED_CACHE {
+        committed.clear();
+    }
+    committed.insert(id);
 }

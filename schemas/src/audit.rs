@@ -61,17 +61,23 @@ pub struct AuditRecord {
 impl AuditRecord {
     /// SHA-256 over the record's canonical encoding (with `hash` emptied).
     pub fn compute_hash(&self) -> Result<[u8; 32]> {
-        let unsealed = AuditRecord {
-            hash: Vec::new(),
-            ..self.clone()
+        let schema = current_schema::<AuditRecord>();
+        let body = if self.hash.is_empty() {
+            avro_body(schema, self)?
+        } else {
+            let unsealed = AuditRecord {
+                hash: Vec::new(),
+                ..self.clone()
+            };
+            avro_body(schema, &unsealed)?
         };
-        let body = avro_body(current_schema::<AuditRecord>(), &unsealed)?;
         Ok(Sha256::digest(&body).into())
     }
 
     /// Links this record after `prev_hash` and fills in its own hash.
     pub fn seal(&mut self, prev_hash: [u8; 32]) -> Result<()> {
         self.prev_hash = prev_hash.to_vec();
+        self.hash = Vec::new();
         self.hash = self.compute_hash()?.to_vec();
         Ok(())
     }
