@@ -72,7 +72,10 @@ pub struct RunArgs {
     #[arg(long, env = "VIGIL_BATCH_ROWS")]
     pub batch_rows: Option<usize>,
 
-    /// Longest wait, in milliseconds, before a partial batch is processed [default: 5].
+    /// Longest wait, in milliseconds, for more records before a partial
+    /// batch is processed [default: 0: a batch is whatever has arrived
+    /// when the previous one is done, so it grows with the load and adds
+    /// no wait when the load is light].
     #[arg(long, env = "VIGIL_LINGER_MS")]
     pub linger_ms: Option<u64>,
 
@@ -151,7 +154,7 @@ impl DetectorConfig {
             rules_dir: PathBuf::from("sql/rules"),
             roles: None,
             batch_rows: 1024,
-            linger: Duration::from_millis(5),
+            linger: Duration::ZERO,
             checkpoint_interval: Duration::from_secs(1),
             learning_days: 7,
             resume_exact: false,

@@ -17,9 +17,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
@@ -35,6 +36,11 @@ use crate::{Error, Result};
 
 /// How often rule files and the role mapping are checked for changes.
 const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
+/// Quiet time on the events topic after which the state of acknowledged
+/// batches and the deferred checkpoint are written (waiting for the broker's
+/// acknowledgements, so not after every batch: records arriving meanwhile
+/// would wait too).
+const IDLE_CHECKPOINT: Duration = Duration::from_millis(50);
 /// How often progress is logged.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -125,6 +131,15 @@ pub struct Counters {
     pub review: u64,
     pub audit: u64,
     pub rule_errors: u64,
+    /// Time spent processing batches (decode, baselines, rules, audit).
+    pub process_time: Duration,
+    /// Time spent handing outputs to the producer, including waits while
+    /// its queue was full.
+    pub publish_time: Duration,
+    /// Time spent waiting for the broker to acknowledge earlier batches'
+    /// outputs (more than the in-flight limit were pending) and writing
+    /// their state.
+    pub settle_time: Duration,
 }
 
 /// Reads the last record of an audit partition, if any. With `exact` it
@@ -360,6 +375,11 @@ impl Pipeline {
         let mut deadline = tokio::time::Instant::now() + self.config.linger;
         let mut next_reload = Instant::now() + RELOAD_INTERVAL;
         let mut next_progress = Instant::now() + PROGRESS_INTERVAL;
+        // Wakes the loop when no records arrive, so rule files and the
+        // role mapping are reloaded on time (before the next record is
+        // processed) and progress is logged.
+        let mut housekeeping = tokio::time::interval(RELOAD_INTERVAL);
+        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
@@ -374,33 +394,32 @@ impl Pipeline {
                 }
                 message = self.consumer.recv() => {
                     let message = message.map_err(|e| Error::kafka("consume", e))?;
-                    let already_processed = self
-                        .resume_at
-                        .lock()
-                        .unwrap_or_else(|poisoned| poisoned.into_inner())
-                        .get(&message.partition())
-                        .is_some_and(|next| message.offset() < *next);
-                    if already_processed {
-                        self.counters.skipped += 1;
-                        continue;
-                    }
                     if pending.is_empty() {
                         deadline = tokio::time::Instant::now() + self.config.linger;
                     }
-                    pending.push(Input {
-                        partition: message.partition(),
-                        offset: message.offset(),
-                        key: message.key().map(<[u8]>::to_vec),
-                        payload: message.payload().map(<[u8]>::to_vec),
-                    });
-                    if pending.len() >= self.config.batch_rows {
+                    Self::accept(&self.resume_at, &mut self.counters, &message, &mut pending);
+                    // Take whatever else has already arrived (a fetch
+                    // response brings many records at once) without waiting.
+                    while pending.len() < self.config.batch_rows {
+                        match self.consumer.recv().now_or_never() {
+                            Some(message) => {
+                                let message = message.map_err(|e| Error::kafka("consume", e))?;
+                                Self::accept(&self.resume_at, &mut self.counters, &message, &mut pending);
+                            }
+                            None => break,
+                        }
+                    }
+                    if pending.len() >= self.config.batch_rows
+                        || (self.config.linger.is_zero() && !pending.is_empty())
+                    {
                         self.flush(std::mem::take(&mut pending)).await?;
                     }
                 }
                 // Idle: write the state of batches still waiting for their
                 // acknowledgements and the deferred checkpoint, so state and
                 // group offsets catch up.
-                _ = tokio::time::sleep(self.config.linger),
+                _ = housekeeping.tick() => {}
+                _ = tokio::time::sleep(IDLE_CHECKPOINT),
                     if pending.is_empty()
                         && (!self.in_flight.is_empty() || self.processor.has_deferred()) => {
                     self.checkpoint_now().await?;
@@ -421,6 +440,9 @@ impl Pipeline {
                     audit = c.audit,
                     dead_letters = c.dead_letters,
                     rule_errors = c.rule_errors,
+                    process_ms = c.process_time.as_millis() as u64,
+                    publish_ms = c.publish_time.as_millis() as u64,
+                    settle_ms = c.settle_time.as_millis() as u64,
                     "Progress"
                 );
             }
@@ -454,6 +476,31 @@ impl Pipeline {
                 tracing::error!(%error, "Role mapping refused; the previous one stays in force")
             }
         }
+    }
+
+    /// Adds a consumed record to the pending batch, unless it is below the
+    /// offset the state already holds for its partition.
+    fn accept(
+        resume_at: &Mutex<HashMap<i32, i64>>,
+        counters: &mut Counters,
+        message: &BorrowedMessage<'_>,
+        pending: &mut Vec<Input>,
+    ) {
+        let already_processed = resume_at
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&message.partition())
+            .is_some_and(|next| message.offset() < *next);
+        if already_processed {
+            counters.skipped += 1;
+            return;
+        }
+        pending.push(Input {
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec),
+        });
     }
 
     async fn flush(&mut self, inputs: Vec<Input>) -> Result<()> {
@@ -492,11 +539,15 @@ impl Pipeline {
         }
 
         let now_ns = now_unix_ns();
+        let started = Instant::now();
         let output = self.processor.process(inputs, now_ns).await?;
+        self.counters.process_time += started.elapsed();
+        let started = Instant::now();
         for (rule, error) in &output.rule_errors {
             tracing::error!(%rule, %error, "Rule failed on a batch");
         }
         let acks = self.publish(&output).await?;
+        self.counters.publish_time += started.elapsed();
         self.counters.batches += 1;
         self.counters.events += output.events as u64;
         self.counters.dead_letters += output.dead_letters.len() as u64;
@@ -518,7 +569,10 @@ impl Pipeline {
             }),
             state: output.state,
         });
-        self.settle(MAX_IN_FLIGHT).await
+        let started = Instant::now();
+        let settled = self.settle(MAX_IN_FLIGHT).await;
+        self.counters.settle_time += started.elapsed();
+        settled
     }
 
     /// Commits, in order, every published batch whose outputs the broker
