@@ -85,6 +85,13 @@ struct Cli {
     #[arg(long, default_value_t = 100.0)]
     canary_rate: f64,
 
+    /// Partitions of the run's events and audit topics (its alerts topic
+    /// gets at most 3). The local tansu broker lists every stored batch of
+    /// a partition on each fetch that finds new data, so fewer partitions
+    /// mean less broker work per event.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=64))]
+    partitions: i32,
+
     /// How long to wait for the detector to work through the history.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     catch_up_timeout: Duration,
@@ -140,6 +147,7 @@ async fn main() -> ExitCode {
         live_seconds: cli.live_seconds,
         rate: cli.rate,
         canary_rate: cli.canary_rate,
+        partitions: cli.partitions,
         catch_up_timeout: cli.catch_up_timeout,
         keep_state: cli.keep_state,
     };

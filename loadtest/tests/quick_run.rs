@@ -47,6 +47,7 @@ async fn a_small_hospital_run_catches_every_scenario_and_times_canaries() {
         evaluate_from_day: 3,
         live_seconds: 4.0,
         rate: 400.0,
+        partitions: 6,
         canary_rate: 20.0,
         catch_up_timeout: Duration::from_secs(240),
         keep_state: false,
