@@ -373,11 +373,11 @@ impl Pipeline {
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<Counters> {
         let mut pending: Vec<Input> = Vec::with_capacity(self.config.batch_rows);
         let mut deadline = tokio::time::Instant::now() + self.config.linger;
-        let mut next_reload = Instant::now() + RELOAD_INTERVAL;
         let mut next_progress = Instant::now() + PROGRESS_INTERVAL;
-        // Wakes the loop when no records arrive, so rule files and the
-        // role mapping are reloaded on time (before the next record is
-        // processed) and progress is logged.
+        // Rule files and the role mapping are checked on a timer of their
+        // own, loaded or not, so a changed rule is in force before the next
+        // record arrives. The tick comes before records in the biased
+        // select; it is ready once a second, so records never starve.
         let mut housekeeping = tokio::time::interval(RELOAD_INTERVAL);
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -392,22 +392,28 @@ impl Pipeline {
                 _ = tokio::time::sleep_until(deadline), if !pending.is_empty() => {
                     self.flush(std::mem::take(&mut pending)).await?;
                 }
+                _ = housekeeping.tick() => {
+                    self.reload().await;
+                    if Instant::now() >= next_progress {
+                        next_progress = Instant::now() + PROGRESS_INTERVAL;
+                        self.log_progress();
+                    }
+                }
                 message = self.consumer.recv() => {
-                    let message = message.map_err(|e| Error::kafka("consume", e))?;
                     if pending.is_empty() {
                         deadline = tokio::time::Instant::now() + self.config.linger;
                     }
-                    Self::accept(&self.resume_at, &mut self.counters, &message, &mut pending);
-                    // Take whatever else has already arrived (a fetch
-                    // response brings many records at once) without waiting.
-                    while pending.len() < self.config.batch_rows {
-                        match self.consumer.recv().now_or_never() {
-                            Some(message) => {
-                                let message = message.map_err(|e| Error::kafka("consume", e))?;
-                                Self::accept(&self.resume_at, &mut self.counters, &message, &mut pending);
-                            }
-                            None => break,
-                        }
+                    // This record, then whatever else has already arrived (a
+                    // fetch response brings many at once), without waiting.
+                    let mut next = Some(message);
+                    while let Some(message) = next {
+                        let message = message.map_err(|e| Error::kafka("consume", e))?;
+                        Self::accept(&self.resume_at, &mut self.counters, &message, &mut pending);
+                        next = if pending.len() < self.config.batch_rows {
+                            self.consumer.recv().now_or_never()
+                        } else {
+                            None
+                        };
                     }
                     if pending.len() >= self.config.batch_rows
                         || (self.config.linger.is_zero() && !pending.is_empty())
@@ -418,33 +424,11 @@ impl Pipeline {
                 // Idle: write the state of batches still waiting for their
                 // acknowledgements and the deferred checkpoint, so state and
                 // group offsets catch up.
-                _ = housekeeping.tick() => {}
                 _ = tokio::time::sleep(IDLE_CHECKPOINT),
                     if pending.is_empty()
                         && (!self.in_flight.is_empty() || self.processor.has_deferred()) => {
                     self.checkpoint_now().await?;
                 }
-            }
-            if Instant::now() >= next_reload {
-                next_reload = Instant::now() + RELOAD_INTERVAL;
-                self.reload().await;
-            }
-            if Instant::now() >= next_progress {
-                next_progress = Instant::now() + PROGRESS_INTERVAL;
-                let c = self.counters;
-                tracing::info!(
-                    batches = c.batches,
-                    events = c.events,
-                    alerts = c.alerts,
-                    review = c.review,
-                    audit = c.audit,
-                    dead_letters = c.dead_letters,
-                    rule_errors = c.rule_errors,
-                    process_ms = c.process_time.as_millis() as u64,
-                    publish_ms = c.publish_time.as_millis() as u64,
-                    settle_ms = c.settle_time.as_millis() as u64,
-                    "Progress"
-                );
             }
         }
         self.checkpoint_now().await?;
@@ -453,6 +437,23 @@ impl Pipeline {
             .map_err(|e| Error::kafka("flush producer", e))?;
         tracing::info!(?self.counters, "Stopped");
         Ok(self.counters)
+    }
+
+    fn log_progress(&self) {
+        let c = self.counters;
+        tracing::info!(
+            batches = c.batches,
+            events = c.events,
+            alerts = c.alerts,
+            review = c.review,
+            audit = c.audit,
+            dead_letters = c.dead_letters,
+            rule_errors = c.rule_errors,
+            process_ms = c.process_time.as_millis() as u64,
+            publish_ms = c.publish_time.as_millis() as u64,
+            settle_ms = c.settle_time.as_millis() as u64,
+            "Progress"
+        );
     }
 
     async fn reload(&mut self) {

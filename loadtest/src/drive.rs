@@ -734,8 +734,7 @@ async fn live_phase(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let lags: Vec<i64> = live.lag_samples.iter().map(|(_, l)| *l).collect();
-    live.lag_max = lags.iter().copied().max().unwrap_or(0);
+    live.lag_max = live.lag_samples.iter().map(|(_, l)| *l).max().unwrap_or(0);
     let verdict = lag_verdict(&live.lag_samples, options.rate);
     live.lag_first_quarter = verdict.first_quarter;
     live.lag_last_quarter = verdict.last_quarter;
