@@ -16,6 +16,10 @@ use vigil_detector::rules::RuleSet;
 use vigil_detector::state::RocksStore;
 use vigil_schemas::{Event, Kind, encode};
 
+/// The service's allocator (see `src/main.rs`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const MONDAY: i64 = 1_795_392_000_000_000_000;
 
 fn rule(dir: &Path, id: &str, severity: &str, window: Option<&str>, predicate: &str) {
