@@ -293,7 +293,7 @@ impl Processor {
                     &self.events_topic,
                     row.offset,
                     now_ns,
-                )?
+                )
             {
                 output.audit.push(record);
             }

@@ -10,8 +10,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::Result;
-use crate::wire::{avro_body, current_schema};
+use crate::codec;
 
 /// `prev_hash` of the first record of a partition.
 pub const GENESIS_HASH: [u8; 32] = [0; 32];
@@ -60,31 +59,22 @@ pub struct AuditRecord {
 
 impl AuditRecord {
     /// SHA-256 over the record's canonical encoding (with `hash` emptied).
-    pub fn compute_hash(&self) -> Result<[u8; 32]> {
-        let schema = current_schema::<AuditRecord>();
-        let body = if self.hash.is_empty() {
-            avro_body(schema, self)?
-        } else {
-            let unsealed = AuditRecord {
-                hash: Vec::new(),
-                ..self.clone()
-            };
-            avro_body(schema, &unsealed)?
-        };
-        Ok(Sha256::digest(&body).into())
+    pub fn compute_hash(&self) -> [u8; 32] {
+        let mut body = Vec::with_capacity(256);
+        codec::write_audit_unsealed(self, &mut body);
+        body.push(0); // `hash`, the last field, as empty bytes
+        Sha256::digest(&body).into()
     }
 
     /// Links this record after `prev_hash` and fills in its own hash.
-    pub fn seal(&mut self, prev_hash: [u8; 32]) -> Result<()> {
+    pub fn seal(&mut self, prev_hash: [u8; 32]) {
         self.prev_hash = prev_hash.to_vec();
-        self.hash = Vec::new();
-        self.hash = self.compute_hash()?.to_vec();
-        Ok(())
+        self.hash = self.compute_hash().to_vec();
     }
 
     /// True when `hash` matches the record's content.
-    pub fn hash_is_valid(&self) -> Result<bool> {
-        Ok(self.compute_hash()?.as_slice() == self.hash.as_slice())
+    pub fn hash_is_valid(&self) -> bool {
+        self.compute_hash().as_slice() == self.hash.as_slice()
     }
 
     /// A JSON view with the hashes as lowercase hex, for humans and exports.
@@ -134,38 +124,32 @@ mod tests {
     #[test]
     fn sealed_record_verifies_and_any_change_breaks_it() {
         let mut r = record(0);
-        r.seal(GENESIS_HASH).expect("seal");
+        r.seal(GENESIS_HASH);
         assert_eq!(r.hash.len(), 32);
-        assert!(r.hash_is_valid().expect("hash"), "fresh seal must verify");
+        assert!(r.hash_is_valid(), "fresh seal must verify");
 
         let mut changed = r.clone();
         changed.path = Some("/phi/patient-18.json".into());
-        assert!(
-            !changed.hash_is_valid().expect("hash"),
-            "changed path must not verify"
-        );
+        assert!(!changed.hash_is_valid(), "changed path must not verify");
 
         let mut relinked = r.clone();
         relinked.prev_hash[0] ^= 1;
-        assert!(
-            !relinked.hash_is_valid().expect("hash"),
-            "changed link must not verify"
-        );
+        assert!(!relinked.hash_is_valid(), "changed link must not verify");
     }
 
     #[test]
     fn hash_depends_on_predecessor() {
         let mut a = record(1);
         let mut b = record(1);
-        a.seal(GENESIS_HASH).expect("seal");
-        b.seal([7; 32]).expect("seal");
+        a.seal(GENESIS_HASH);
+        b.seal([7; 32]);
         assert_ne!(a.hash, b.hash);
     }
 
     #[test]
     fn json_view_shows_hashes_as_hex() {
         let mut r = record(0);
-        r.seal(GENESIS_HASH).expect("seal");
+        r.seal(GENESIS_HASH);
         let json = r.as_json();
         assert_eq!(json["prev_hash"], "0".repeat(64));
         assert_eq!(json["hash"], hex::encode(&r.hash));

@@ -12,6 +12,9 @@
 //! - [`wire`] — the Avro single-object encoding (`C3 01`, 8-byte CRC-64-AVRO
 //!   fingerprint, body) and the table of every schema revision this crate
 //!   knows, so any known writer revision decodes into the current type.
+//! - [`codec`] — hand-written Avro binary for the current Event and
+//!   AuditRecord revisions, the hot path of every program on the bus; tested
+//!   byte for byte against the schema-driven codec.
 //! - [`topics`] — the topic names and their default partition counts.
 //! - `bus` (feature `kafka`) — the rdkafka client settings every program on
 //!   the bus shares: idempotent `acks=all` producers, manually committed
@@ -28,6 +31,7 @@ pub mod alert;
 pub mod audit;
 #[cfg(feature = "kafka")]
 pub mod bus;
+pub mod codec;
 pub mod error;
 pub mod event;
 #[cfg(feature = "testkit")]

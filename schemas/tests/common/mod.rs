@@ -4,7 +4,8 @@
 #![allow(dead_code)]
 
 use proptest::prelude::*;
-use vigil_schemas::{Event, Gap, Kind, SocketFamily};
+use vigil_schemas::audit::AuditGap;
+use vigil_schemas::{AuditRecord, Event, Gap, Kind, SocketFamily};
 
 /// A realistic event: alice reads a patient file on ehr-01.
 pub fn sample_event(seq: i64) -> Event {
@@ -114,6 +115,48 @@ prop_compose! {
             login_uid, user_name, login_name, comm, exe, argv, parent_exe, cgroup_id, container_id,
             path, new_path, flags, mode, family, src_addr, src_port, dst_addr, dst_port, bytes,
             target_id, gap,
+        }
+    }
+}
+
+prop_compose! {
+    /// Any audit record the schema can carry, sealed or not.
+    pub fn arb_audit()(event in arb_event(), partition in any::<i32>(), seq in any::<i64>(),
+                       recorded_unix_ns in any::<i64>(), source_offset in any::<i64>(),
+                       source_topic in ".{0,30}",
+                       prev_hash in proptest::collection::vec(any::<u8>(), 0..40),
+                       hash in proptest::collection::vec(any::<u8>(), 0..40)) -> AuditRecord {
+        AuditRecord {
+            partition,
+            seq,
+            prev_hash,
+            recorded_unix_ns,
+            event_id: event.event_id,
+            action: event.kind.as_str().to_owned(),
+            time_unix_ns: event.time_unix_ns,
+            host: event.host,
+            principal: event.login_name.clone().unwrap_or_default(),
+            uid: event.uid,
+            login_uid: event.login_uid,
+            user_name: event.user_name,
+            pid: event.pid,
+            comm: event.comm,
+            exe: event.exe,
+            path: event.path,
+            new_path: event.new_path,
+            bytes: event.bytes,
+            errno: event.errno,
+            gap: event.gap.map(|g| AuditGap {
+                lost: g.lost,
+                lost_kind: g.lost_kind,
+                first_seq: g.first_seq,
+                last_seq: g.last_seq,
+                reason: g.reason,
+            }),
+            source_topic,
+            source_partition: partition,
+            source_offset,
+            hash,
         }
     }
 }
