@@ -159,10 +159,21 @@ impl ProducerContext for Delivery {
     }
 }
 
+/// How long the history replay's producer gathers records into one batch.
+/// The replay is a bulk load whose latency nobody measures, and the local
+/// tansu broker lists every stored batch of a partition on each fetch, so
+/// fewer, larger batches keep the live phase's fetches cheap.
+const HISTORY_LINGER_MS: &str = "50";
+
 /// The events producer with backpressure: when librdkafka's queue is full
-/// it waits for deliveries instead of dropping.
+/// it waits for deliveries instead of dropping. It starts in bulk mode for
+/// the history replay; [`Feed::go_live`] switches to the bus's low-latency
+/// producer settings.
 struct Feed {
     producer: ThreadedProducer<Delivery>,
+    /// The live phase's producer, created with the feed so that it has its
+    /// connection and producer id before the first live event.
+    live: Option<ThreadedProducer<Delivery>>,
     topic: String,
     sent: u64,
     waits: u64,
@@ -175,10 +186,17 @@ impl Feed {
     fn new(brokers: &str, topic: &str, run: &str) -> Result<Feed> {
         let producer = bus::producer_config(brokers)
             .set("queue.buffering.max.messages", "200000")
+            .set("linger.ms", HISTORY_LINGER_MS)
+            .set("batch.num.messages", "100000")
             .create_with_context(Delivery::default())
-            .context("creating the events producer")?;
+            .context("creating the history producer")?;
+        let live = bus::producer_config(brokers)
+            .set("queue.buffering.max.messages", "200000")
+            .create_with_context(Delivery::default())
+            .context("creating the live events producer")?;
         Ok(Feed {
             producer,
+            live: Some(live),
             topic: topic.to_owned(),
             sent: 0,
             waits: 0,
@@ -208,17 +226,19 @@ impl Feed {
             }
         }
         self.sent += 1;
-        if let Some(error) = self
-            .producer
+        if let Some(error) = self.first_error() {
+            bail!("the broker refused events: {error}");
+        }
+        Ok(())
+    }
+
+    fn first_error(&self) -> Option<String> {
+        self.producer
             .context()
             .first_error
             .lock()
             .ok()
             .and_then(|e| e.clone())
-        {
-            bail!("the broker refused events: {error}");
-        }
-        Ok(())
     }
 
     fn ends(&self) -> HashMap<i32, i64> {
@@ -228,6 +248,25 @@ impl Feed {
             .lock()
             .map(|e| e.clone())
             .unwrap_or_default()
+    }
+
+    /// Flushes the bulk producer and continues with the live one (the bus's
+    /// producer settings, linger of [`bus::PRODUCER_LINGER_MS`]), keeping
+    /// the partition ends delivered so far.
+    fn go_live(&mut self) -> Result<()> {
+        self.flush()?;
+        if let Some(error) = self.first_error() {
+            bail!("the broker refused history events: {error}");
+        }
+        let Some(live) = self.live.take() else {
+            return Ok(());
+        };
+        let ends = self.ends();
+        if let Ok(mut live_ends) = live.context().ends.lock() {
+            *live_ends = ends;
+        }
+        self.producer = live;
+        Ok(())
     }
 
     fn flush(&self) -> Result<()> {
@@ -591,6 +630,7 @@ pub async fn run(options: &Options) -> Result<Report> {
     );
 
     // Live phase.
+    feed.go_live()?;
     let live = live_phase(
         options,
         &hospital,
@@ -713,7 +753,7 @@ async fn live_phase(
             detector.check_alive()?;
             let lag = lag_probe.lag(&feed.ends()).unwrap_or(-1);
             live.lag_samples.push((start.elapsed().as_secs_f64(), lag));
-            next_lag += Duration::from_secs(1);
+            next_lag += LAG_SAMPLE_EVERY;
         }
     }
     live.seconds = start.elapsed().as_secs_f64();
@@ -753,13 +793,42 @@ struct LagVerdict {
     growing: bool,
 }
 
+/// How often the live phase samples the detector group's committed lag.
+const LAG_SAMPLE_EVERY: Duration = Duration::from_millis(250);
+
+/// Longer than the detector's checkpoint interval (1 s): the lowest lag
+/// seen over this window is the backlog without the events merely waiting
+/// for the next offset commit.
+const LAG_FLOOR_WINDOW_SECS: f64 = 1.5;
+
+/// Each sample's lowest lag over the [`LAG_FLOOR_WINDOW_SECS`] before it.
+/// The detector commits its group offsets with its checkpoint, so committed
+/// lag is a sawtooth from near 0 to about a second's events; sampled at a
+/// steady rate, the sawtooth's phase drifts and the raw samples jump
+/// between its ends. Its floor is the real backlog.
+fn lag_floor(samples: &[(f64, i64)]) -> Vec<(f64, i64)> {
+    samples
+        .iter()
+        .enumerate()
+        .map(|(i, &(t, _))| {
+            let floor = samples[..=i]
+                .iter()
+                .rev()
+                .take_while(|(earlier, _)| t - earlier < LAG_FLOOR_WINDOW_SECS)
+                .map(|(_, lag)| *lag)
+                .min()
+                .unwrap_or(0);
+            (t, floor)
+        })
+        .collect()
+}
+
 /// Lag is growing when the detector falls behind by more than 2% of the
-/// input rate (least-squares slope) and ends further behind than it was.
-/// The first quarter is left out of both: the detector commits its group
-/// offsets with its checkpoint (once a second), so once the stream is
-/// continuous the committed lag steps up to about a second's events and
-/// stays there, which is not falling behind.
+/// input rate (least-squares slope) and ends further behind than it was,
+/// both judged on the lag's floor ([`lag_floor`]). The first quarter is
+/// left out of both: the stream is still starting.
 fn lag_verdict(samples: &[(f64, i64)], rate: f64) -> LagVerdict {
+    let samples = &lag_floor(samples)[..];
     let quarter = (samples.len() / 4).max(1).min(samples.len());
     let mean =
         |xs: &[(f64, i64)]| xs.iter().map(|(_, l)| *l as f64).sum::<f64>() / xs.len().max(1) as f64;
@@ -858,6 +927,34 @@ mod tests {
         let verdict = lag_verdict(&step, 20_000.0);
         assert!(!verdict.growing, "{verdict:?}");
         assert!(verdict.last_quarter > verdict.first_quarter);
+    }
+
+    /// A 1 s checkpoint sampled every 250 ms: lag climbs from about 0 to a
+    /// second's events and drops at each commit.
+    fn sawtooth(backlog: impl Fn(f64) -> i64) -> Vec<(f64, i64)> {
+        (0..240)
+            .map(|i| {
+                let t = f64::from(i) * 0.25 + 0.01;
+                (t, backlog(t) + (t.fract() * 20_000.0) as i64)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_checkpoint_sawtooth_is_not_growing() {
+        let verdict = lag_verdict(&sawtooth(|_| 300), 20_000.0);
+        assert!(!verdict.growing, "{verdict:?}");
+        assert!(verdict.slope_per_sec.abs() < 50.0, "{verdict:?}");
+    }
+
+    #[test]
+    fn a_sawtooth_over_a_rising_backlog_is_growing() {
+        let verdict = lag_verdict(&sawtooth(|t| (t * 1_000.0) as i64), 20_000.0);
+        assert!(verdict.growing, "{verdict:?}");
+        assert!(
+            (verdict.slope_per_sec - 1_000.0).abs() < 100.0,
+            "{verdict:?}"
+        );
     }
 
     #[test]

@@ -92,13 +92,16 @@ pub struct LivePhase {
     pub producer_waits: u64,
     pub canaries_sent: usize,
     pub canaries_alerted: usize,
-    /// Consumer lag of the detector's group, sampled once a second.
+    /// Consumer lag of the detector's group (committed offsets), sampled every 250 ms.
     pub lag_samples: Vec<(f64, i64)>,
     pub lag_max: i64,
-    /// Mean lag over the first and the last quarter of the phase.
+    /// Mean of the lag's floor (the lowest sample of the last 1.5 s, which
+    /// removes the detector's 1 s offset-commit step) over the first and
+    /// the last quarter of the phase.
     pub lag_first_quarter: f64,
     pub lag_last_quarter: f64,
-    /// Least-squares slope of lag over the phase, events per second.
+    /// Least-squares slope of the lag's floor after the first quarter,
+    /// events per second.
     pub lag_slope_per_sec: f64,
     pub lag_growing: bool,
     /// Alerts in the live phase other than canaries (there should be none).
@@ -305,7 +308,7 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "lag       max {} events; mean {:.0} in the first quarter, {:.0} in the last, slope {:+.0}/s: {}",
+            "lag       max {} events; floor (backlog without the 1 s commit step) mean {:.0} in the first quarter, {:.0} in the last, slope {:+.0}/s: {}",
             l.lag_max,
             l.lag_first_quarter,
             l.lag_last_quarter,
