@@ -14,7 +14,8 @@
 //! - [`roles`] — the reloadable principal/group → role mapping.
 //! - [`events_table`] — the `events` table's Arrow schema and batch builder.
 //! - [`rules`] — SQL rules: header, validation, plan once, run per batch,
-//!   hot reload (DataFusion).
+//!   hot reload (DataFusion); [`regex_once`] compiles their regular
+//!   expressions once per plan instead of once per batch.
 //! - [`detection`] — rule results → OCSF alerts with deterministic ids.
 //! - [`audit_chain`] — hash-chained audit records and `audit verify`.
 //! - [`state`] — the state store trait, RocksDB and in-memory stores.
@@ -34,6 +35,7 @@ pub mod error;
 pub mod events_table;
 pub mod pipeline;
 pub mod processor;
+pub mod regex_once;
 pub mod roles;
 pub mod rule_tests;
 pub mod rules;

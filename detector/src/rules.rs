@@ -45,6 +45,7 @@ use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 use vigil_schemas::alert::Severity;
 
 use crate::events_table;
+use crate::regex_once::CompileRegexOnce;
 
 /// Why a rule file was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -299,7 +300,9 @@ fn explain(file: &Path, text: &str, sql_error: DataFusionError) -> RuleError {
         .and_then(|d| d.span)
         .map(|span| span.start.line as usize)
         .filter(|line| *line > 0);
-    let message = sql_error.to_string();
+    // An optimizer rule's failure wraps the cause ("Optimizer rule
+    // 'simplify_expressions' failed"); the analyst needs the cause.
+    let message = sql_error.find_root().to_string();
     if line.is_none() {
         line = line_in_message(&message);
     }
@@ -364,6 +367,7 @@ impl RuleSet {
             .with_batch_size(8192)
             .set_bool("datafusion.sql_parser.collect_spans", true);
         let ctx = SessionContext::new_with_config(config);
+        ctx.add_optimizer_rule(Arc::new(CompileRegexOnce));
         let slot = Arc::new(BatchSlot {
             schema: events_table::schema(),
             batch: Mutex::new(None),
@@ -645,6 +649,17 @@ mod tests {
             set.compile(Path::new("bulk.sql"), &file).await.is_err(),
             "no file access"
         );
+
+        // Regular expressions compile when the rule is planned.
+        let regex = GOOD.replace(
+            "WHERE user_phi_opens_15m > 200",
+            "WHERE regexp_like(path, '/(sh|bash$')",
+        );
+        let err = set
+            .compile(Path::new("bulk.sql"), &regex)
+            .await
+            .expect_err("broken regex");
+        assert!(err.reason.contains("regex parse error"), "{err}");
     }
 
     #[test]
