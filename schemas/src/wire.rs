@@ -279,20 +279,18 @@ fn writer_of(bytes: &[u8]) -> Result<&'static KnownSchema> {
 /// Decodes a message written with any known revision of `T`'s contract into
 /// the current `T`.
 pub fn decode<T: Contract>(bytes: &[u8]) -> Result<T> {
-    let writer = writer_of(bytes)?;
-    if writer.contract != T::NAME {
-        return Err(Error::WrongContract {
-            expected: T::NAME,
-            found: writer.contract,
-        });
-    }
-    decode_body(writer, bytes)
+    decode_body(writer_of_contract::<T>(bytes)?, bytes)
 }
 
 /// [`decode`] through `apache-avro`'s schema-driven reader for every
 /// revision, the current one included: the reference the hand-written codec
 /// is tested against.
 pub fn decode_schema_driven<T: Contract>(bytes: &[u8]) -> Result<T> {
+    decode_body_schema_driven(writer_of_contract::<T>(bytes)?, bytes)
+}
+
+/// The writer schema the header names, which must be one of `T`'s.
+fn writer_of_contract<T: Contract>(bytes: &[u8]) -> Result<&'static KnownSchema> {
     let writer = writer_of(bytes)?;
     if writer.contract != T::NAME {
         return Err(Error::WrongContract {
@@ -300,7 +298,19 @@ pub fn decode_schema_driven<T: Contract>(bytes: &[u8]) -> Result<T> {
             found: writer.contract,
         });
     }
-    decode_body_schema_driven(writer, bytes)
+    Ok(writer)
+}
+
+/// A body must be read to its last byte.
+fn all_read(writer: &KnownSchema, body: &[u8], consumed: usize) -> Result<()> {
+    if consumed < body.len() {
+        return Err(Error::TrailingBytes {
+            contract: writer.contract,
+            revision: writer.revision,
+            extra: body.len() - consumed,
+        });
+    }
+    Ok(())
 }
 
 fn decode_body<T: Contract>(writer: &'static KnownSchema, bytes: &[u8]) -> Result<T> {
@@ -313,13 +323,7 @@ fn decode_body<T: Contract>(writer: &'static KnownSchema, bytes: &[u8]) -> Resul
         revision: writer.revision,
         reason,
     })?;
-    if consumed < body.len() {
-        return Err(Error::TrailingBytes {
-            contract: writer.contract,
-            revision: writer.revision,
-            extra: body.len() - consumed,
-        });
-    }
+    all_read(writer, body, consumed)?;
     Ok(value)
 }
 
@@ -338,13 +342,7 @@ fn decode_body_schema_driven<T: Contract>(writer: &'static KnownSchema, bytes: &
         apache_avro::from_value(&resolved).map_err(corrupt)?
     };
     let consumed = usize::try_from(cursor.position()).unwrap_or(usize::MAX);
-    if consumed < body.len() {
-        return Err(Error::TrailingBytes {
-            contract: writer.contract,
-            revision: writer.revision,
-            extra: body.len() - consumed,
-        });
-    }
+    all_read(writer, body, consumed)?;
     Ok(value)
 }
 
