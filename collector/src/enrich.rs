@@ -192,17 +192,7 @@ impl Enricher {
             self.exes.remove(&raw.pid);
         }
         let login_uid = (raw.auid != layout::AUID_UNSET).then_some(raw.auid);
-        let path_kinds = matches!(
-            kind,
-            Kind::Open
-                | Kind::Read
-                | Kind::Write
-                | Kind::Rename
-                | Kind::Unlink
-                | Kind::Truncate
-                | Kind::Chmod
-                | Kind::Chown
-        );
+        let path_kinds = kind.is_file();
         let net_kinds = matches!(kind, Kind::Connect | Kind::Accept | Kind::Send | Kind::Recv);
         let exe = match kind {
             Kind::Exec => Some(raw.path()),

@@ -249,38 +249,12 @@ impl Outbox {
     /// sequence number (filled in when it is queued).
     fn gap(&self, lost: i64, lost_kind: Option<String>, after_seq: i64, reason: &str) -> Event {
         Event {
-            event_id: String::new(),
             host: self.host.clone(),
-            seq: 0,
             time_unix_ns: crate::enrich::Clock::now_ns(),
             kind: Kind::Gap,
-            errno: 0,
             pid: std::process::id() as i32,
-            ppid: 0,
             tid: std::process::id() as i32,
-            uid: 0,
-            euid: 0,
-            gid: 0,
-            login_uid: None,
-            user_name: None,
-            login_name: None,
             comm: "collector".to_owned(),
-            exe: None,
-            argv: Vec::new(),
-            parent_exe: None,
-            cgroup_id: 0,
-            container_id: None,
-            path: None,
-            new_path: None,
-            flags: None,
-            mode: None,
-            family: None,
-            src_addr: None,
-            src_port: None,
-            dst_addr: None,
-            dst_port: None,
-            bytes: None,
-            target_id: None,
             gap: Some(Gap {
                 lost,
                 lost_kind,
@@ -288,6 +262,7 @@ impl Outbox {
                 last_seq: 0,
                 reason: reason.to_owned(),
             }),
+            ..Event::default()
         }
     }
 }

@@ -16,22 +16,6 @@ use crate::events_table::Features;
 use crate::roles::RoleFile;
 use crate::state::{Dimension, StateStore};
 
-/// True for the kinds that touch a file; the collector reports these only
-/// for watched (PHI) paths.
-pub fn is_file_kind(kind: Kind) -> bool {
-    matches!(
-        kind,
-        Kind::Open
-            | Kind::Read
-            | Kind::Write
-            | Kind::Rename
-            | Kind::Unlink
-            | Kind::Truncate
-            | Kind::Chmod
-            | Kind::Chown
-    )
-}
-
 /// Capabilities that let a process read any file: CAP_DAC_OVERRIDE (1),
 /// CAP_DAC_READ_SEARCH (2) and CAP_SYS_ADMIN (21).
 const FILE_READ_CAPS: i64 = (1 << 1) | (1 << 2) | (1 << 21);
@@ -180,7 +164,7 @@ impl Enricher {
         let principal = event.principal();
         let role = self.roles.map().role_of(&principal, event.gid).to_owned();
         let hour = hour_index(event.time_unix_ns);
-        let is_phi = is_file_kind(event.kind) && event.path.is_some();
+        let is_phi = event.kind.is_file() && event.path.is_some();
         let file_class = if is_phi {
             event
                 .path

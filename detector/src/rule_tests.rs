@@ -201,14 +201,11 @@ fn event_from(
         login_name: group.login_name.clone(),
         comm: group.comm.clone().unwrap_or_else(|| "test".into()),
         exe: fill(&group.exe),
-        argv: vec![],
         parent_exe: fill(&group.parent_exe),
         cgroup_id: 1,
-        container_id: None,
         path: fill(&group.path),
         new_path: fill(&group.new_path),
         flags: matches!(kind, Kind::Open).then_some(0),
-        mode: None,
         family: group.dst_addr.as_ref().map(|a| {
             if a.contains(':') {
                 SocketFamily::Inet6
@@ -216,13 +213,11 @@ fn event_from(
                 SocketFamily::Inet
             }
         }),
-        src_addr: None,
-        src_port: None,
         dst_addr: group.dst_addr.clone(),
         dst_port: group.dst_port,
         bytes: group.bytes,
         target_id: group.target_id,
-        gap: None,
+        ..Event::default()
     })
 }
 

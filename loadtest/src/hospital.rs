@@ -508,12 +508,9 @@ impl<'a> EventMaker<'a> {
     pub fn event(&self, kind: Kind, time: i64) -> Event {
         let p = self.principal;
         Event {
-            event_id: String::new(),
             host: self.host.clone(),
-            seq: 0,
             time_unix_ns: time,
             kind,
-            errno: 0,
             pid: self.pid,
             ppid: if p.person { 2000 } else { 1 },
             tid: self.pid,
@@ -525,7 +522,6 @@ impl<'a> EventMaker<'a> {
             login_name: p.person.then(|| p.name.clone()),
             comm: comm_of(p.exe),
             exe: Some(p.exe.into()),
-            argv: vec![],
             parent_exe: Some(
                 if p.person {
                     "/usr/bin/bash"
@@ -535,19 +531,7 @@ impl<'a> EventMaker<'a> {
                 .into(),
             ),
             cgroup_id: 1,
-            container_id: None,
-            path: None,
-            new_path: None,
-            flags: None,
-            mode: None,
-            family: None,
-            src_addr: None,
-            src_port: None,
-            dst_addr: None,
-            dst_port: None,
-            bytes: None,
-            target_id: None,
-            gap: None,
+            ..Event::default()
         }
     }
 

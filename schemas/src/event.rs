@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// What happened. Byte roll-ups (`Read`, `Write`, `Send`, `Recv`) carry their
 /// total in [`Event::bytes`]; `Gap` says events were lost.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     Exec,
@@ -28,7 +28,9 @@ pub enum Kind {
     Setgid,
     Capset,
     Gap,
-    /// A kind added by a newer writer that this reader does not know.
+    /// A kind added by a newer writer that this reader does not know (and
+    /// the kind of [`Event::default`]).
+    #[default]
     Unknown,
 }
 
@@ -55,6 +57,22 @@ impl Kind {
         Kind::Gap,
         Kind::Unknown,
     ];
+
+    /// True for the kinds that touch a file; a collector reports these only
+    /// for watched (PHI) paths.
+    pub fn is_file(self) -> bool {
+        matches!(
+            self,
+            Kind::Open
+                | Kind::Read
+                | Kind::Write
+                | Kind::Rename
+                | Kind::Unlink
+                | Kind::Truncate
+                | Kind::Chmod
+                | Kind::Chown
+        )
+    }
 
     /// The Avro symbol, as analysts write it in SQL (`kind = 'open'`).
     pub fn as_str(self) -> &'static str {
@@ -109,7 +127,9 @@ pub struct Gap {
 
 /// One system-call-level event on a host. See `avro/event.r2.avsc` for each
 /// field's documentation; the names and order here are the schema's.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `Event::default()` is empty (kind `Unknown`, no optional field set): a
+/// base for building events field by field.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     pub event_id: String,
     pub host: String,
@@ -178,36 +198,15 @@ mod tests {
             event_id: "e".into(),
             host: "ehr-01".into(),
             seq: 1,
-            time_unix_ns: 0,
             kind: Kind::Open,
-            errno: 0,
             pid: 1,
-            ppid: 0,
             tid: 1,
             uid: 998,
-            euid: 0,
             gid: 998,
             login_uid,
-            user_name: None,
             login_name: login_name.map(str::to_owned),
             comm: "cat".into(),
-            exe: None,
-            argv: vec![],
-            parent_exe: None,
-            cgroup_id: 0,
-            container_id: None,
-            path: None,
-            new_path: None,
-            flags: None,
-            mode: None,
-            family: None,
-            src_addr: None,
-            src_port: None,
-            dst_addr: None,
-            dst_port: None,
-            bytes: None,
-            target_id: None,
-            gap: None,
+            ..Event::default()
         }
     }
 
