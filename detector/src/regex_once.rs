@@ -201,19 +201,24 @@ mod tests {
     use datafusion::arrow::record_batch::RecordBatch;
     use datafusion::prelude::SessionContext;
 
+    /// A one-column `path` table.
+    fn paths(paths: Vec<Option<&str>>) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![Field::new("path", DataType::Utf8, true)]));
+        let paths: ArrayRef = Arc::new(StringArray::from(paths));
+        RecordBatch::try_new(schema, vec![paths]).expect("batch")
+    }
+
     /// Runs `predicate` over a few paths with and without the rule and
     /// returns both answers: they must be the same.
     async fn both(predicate: &str) -> (Vec<Option<bool>>, Vec<Option<bool>>, String) {
-        let schema = Arc::new(Schema::new(vec![Field::new("path", DataType::Utf8, true)]));
-        let paths: ArrayRef = Arc::new(StringArray::from(vec![
+        let batch = paths(vec![
             Some("/usr/bin/bash"),
             Some("/usr/bin/BASH"),
             Some("/usr/bin/bashful"),
             Some("/bin/sh"),
             Some(""),
             None,
-        ]));
-        let batch = RecordBatch::try_new(schema, vec![paths]).expect("batch");
+        ]);
         let mut answers = Vec::new();
         let mut plan_text = String::new();
         for with_rule in [false, true] {
@@ -267,10 +272,8 @@ mod tests {
     async fn the_output_column_keeps_its_name() {
         let ctx = SessionContext::new();
         ctx.add_optimizer_rule(Arc::new(CompileRegexOnce));
-        let schema = Arc::new(Schema::new(vec![Field::new("path", DataType::Utf8, true)]));
-        let paths: ArrayRef = Arc::new(StringArray::from(vec![Some("/bin/sh")]));
-        let batch = RecordBatch::try_new(schema, vec![paths]).expect("batch");
-        ctx.register_batch("events", batch).expect("register");
+        ctx.register_batch("events", paths(vec![Some("/bin/sh")]))
+            .expect("register");
         let batches = ctx
             .sql("SELECT path ~ 'sh$' FROM events")
             .await

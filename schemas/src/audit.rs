@@ -10,6 +10,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::Gap;
 use crate::codec;
 
 /// `prev_hash` of the first record of a partition.
@@ -23,6 +24,18 @@ pub struct AuditGap {
     pub first_seq: i64,
     pub last_seq: i64,
     pub reason: String,
+}
+
+impl From<Gap> for AuditGap {
+    fn from(gap: Gap) -> AuditGap {
+        AuditGap {
+            lost: gap.lost,
+            lost_kind: gap.lost_kind,
+            first_seq: gap.first_seq,
+            last_seq: gap.last_seq,
+            reason: gap.reason,
+        }
+    }
 }
 
 /// One PHI access (who, what, when, where, how, outcome) or coverage gap.

@@ -74,17 +74,32 @@ fn put_opt_int(out: &mut Vec<u8>, value: Option<i32>) {
     put_option(out, value, put_int);
 }
 
+/// The fields of a `Gap` (events) or `AuditGap` (audit records) record;
+/// the two schemas give them the same fields in the same order.
+fn put_gap(
+    out: &mut Vec<u8>,
+    lost: i64,
+    lost_kind: &Option<String>,
+    first_seq: i64,
+    last_seq: i64,
+    reason: &str,
+) {
+    put_long(out, lost);
+    put_opt_str(out, lost_kind);
+    put_long(out, first_seq);
+    put_long(out, last_seq);
+    put_str(out, reason);
+}
+
 /// Appends the Avro binary body of `event` (revision [`EVENT_REVISION`]).
 pub fn write_event(event: &Event, out: &mut Vec<u8>) {
     put_str(out, &event.event_id);
     put_str(out, &event.host);
     put_long(out, event.seq);
     put_long(out, event.time_unix_ns);
-    let kind = Kind::ALL
-        .iter()
-        .position(|k| *k == event.kind)
-        .unwrap_or(Kind::ALL.len() - 1);
-    put_int(out, kind as i32);
+    // Both enums are declared in their schema's symbol order, so the
+    // discriminant is the symbol's index.
+    put_int(out, event.kind as i32);
     put_int(out, event.errno);
     put_int(out, event.pid);
     put_int(out, event.ppid);
@@ -111,22 +126,22 @@ pub fn write_event(event: &Event, out: &mut Vec<u8>) {
     put_opt_str(out, &event.new_path);
     put_opt_int(out, event.flags);
     put_opt_int(out, event.mode);
-    put_option(out, event.family, |out, family| {
-        let index = FAMILIES.iter().position(|f| *f == family).unwrap_or(3);
-        put_int(out, index as i32);
-    });
+    put_option(out, event.family, |out, family| put_int(out, family as i32));
     put_opt_str(out, &event.src_addr);
     put_opt_int(out, event.src_port);
     put_opt_str(out, &event.dst_addr);
     put_opt_int(out, event.dst_port);
     put_opt_long(out, event.bytes);
     put_opt_long(out, event.target_id);
-    put_option(out, event.gap.as_ref(), |out, gap| {
-        put_long(out, gap.lost);
-        put_opt_str(out, &gap.lost_kind);
-        put_long(out, gap.first_seq);
-        put_long(out, gap.last_seq);
-        put_str(out, &gap.reason);
+    put_option(out, event.gap.as_ref(), |out, g| {
+        put_gap(
+            out,
+            g.lost,
+            &g.lost_kind,
+            g.first_seq,
+            g.last_seq,
+            &g.reason,
+        );
     });
 }
 
@@ -158,12 +173,15 @@ pub(crate) fn write_audit_unsealed(record: &AuditRecord, out: &mut Vec<u8>) {
     put_opt_str(out, &record.new_path);
     put_opt_long(out, record.bytes);
     put_int(out, record.errno);
-    put_option(out, record.gap.as_ref(), |out, gap| {
-        put_long(out, gap.lost);
-        put_opt_str(out, &gap.lost_kind);
-        put_long(out, gap.first_seq);
-        put_long(out, gap.last_seq);
-        put_str(out, &gap.reason);
+    put_option(out, record.gap.as_ref(), |out, g| {
+        put_gap(
+            out,
+            g.lost,
+            &g.lost_kind,
+            g.first_seq,
+            g.last_seq,
+            &g.reason,
+        );
     });
     put_str(out, &record.source_topic);
     put_int(out, record.source_partition);
@@ -311,14 +329,15 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn gap(&mut self) -> Read<(i64, Option<String>, i64, i64, String)> {
-        Ok((
-            self.field("gap.lost").long()?,
-            self.field("gap.lost_kind").opt_string()?,
-            self.field("gap.first_seq").long()?,
-            self.field("gap.last_seq").long()?,
-            self.field("gap.reason").string()?,
-        ))
+    /// A `Gap` record; an `AuditGap` has the same fields in the same order.
+    fn gap(&mut self) -> Read<Gap> {
+        Ok(Gap {
+            lost: self.field("gap.lost").long()?,
+            lost_kind: self.field("gap.lost_kind").opt_string()?,
+            first_seq: self.field("gap.first_seq").long()?,
+            last_seq: self.field("gap.last_seq").long()?,
+            reason: self.field("gap.reason").string()?,
+        })
     }
 }
 
@@ -363,15 +382,7 @@ pub fn read_event(body: &[u8]) -> Read<(Event, usize)> {
         dst_port: r.field("dst_port").opt_int()?,
         bytes: r.field("bytes").opt_long()?,
         target_id: r.field("target_id").opt_long()?,
-        gap: r.field("gap").option(Reader::gap)?.map(
-            |(lost, lost_kind, first_seq, last_seq, reason)| Gap {
-                lost,
-                lost_kind,
-                first_seq,
-                last_seq,
-                reason,
-            },
-        ),
+        gap: r.field("gap").option(Reader::gap)?,
     };
     Ok((event, r.at))
 }
@@ -404,15 +415,7 @@ pub fn read_audit(body: &[u8]) -> Read<(AuditRecord, usize)> {
         new_path: r.field("new_path").opt_string()?,
         bytes: r.field("bytes").opt_long()?,
         errno: r.field("errno").int()?,
-        gap: r.field("gap").option(Reader::gap)?.map(
-            |(lost, lost_kind, first_seq, last_seq, reason)| AuditGap {
-                lost,
-                lost_kind,
-                first_seq,
-                last_seq,
-                reason,
-            },
-        ),
+        gap: r.field("gap").option(Reader::gap)?.map(AuditGap::from),
         source_topic: r.field("source_topic").string()?,
         source_partition: r.field("source_partition").int()?,
         source_offset: r.field("source_offset").long()?,
@@ -436,6 +439,16 @@ mod tests {
         let read = r.long().expect("reads back");
         assert_eq!(r.at, out.len(), "reads every byte of {value}");
         (out, read)
+    }
+
+    #[test]
+    fn enum_discriminants_are_schema_symbol_indexes() {
+        for (index, kind) in Kind::ALL.iter().enumerate() {
+            assert_eq!(*kind as usize, index, "{kind:?}");
+        }
+        for (index, family) in FAMILIES.iter().enumerate() {
+            assert_eq!(*family as usize, index, "{family:?}");
+        }
     }
 
     #[test]

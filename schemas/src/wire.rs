@@ -203,9 +203,7 @@ pub fn current_schema<T: Contract>() -> &'static KnownSchema {
 
 /// Encodes a value with its contract's current schema, single-object framed.
 pub fn encode<T: Contract>(value: &T) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(256);
-    out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&current_schema::<T>().fingerprint.to_le_bytes());
+    let mut out = header(current_schema::<T>());
     value.write_body(&mut out);
     Ok(out)
 }
@@ -235,11 +233,17 @@ pub fn encode_with_revision<T: Serialize>(
 }
 
 fn encode_framed<T: Serialize>(known: &KnownSchema, value: &T) -> Result<Vec<u8>> {
+    let mut out = header(known);
+    avro_body_into(known, value, &mut out)?;
+    Ok(out)
+}
+
+/// A message buffer holding the single-object header naming `known`.
+fn header(known: &KnownSchema) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&known.fingerprint.to_le_bytes());
-    avro_body_into(known, value, &mut out)?;
-    Ok(out)
+    out
 }
 
 fn avro_body_into<T: Serialize>(known: &KnownSchema, value: &T, out: &mut Vec<u8>) -> Result<()> {
