@@ -63,8 +63,10 @@ fn main() -> Result<()> {
     let ebpf = manifest.join("../collector-ebpf");
     let src = ebpf.join("src");
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    // Relative to this package, so a build cache shared by checkouts at
+    // different paths watches the sources of the checkout being built.
     for file in ["src/vigil.bpf.c", "src/vigil_record.h", "include/vmlinux.h"] {
-        println!("cargo:rerun-if-changed={}", ebpf.join(file).display());
+        println!("cargo:rerun-if-changed=../collector-ebpf/{file}");
     }
     println!("cargo:rerun-if-env-changed=VIGIL_CLANG");
     let clang = std::env::var("VIGIL_CLANG").unwrap_or_else(|_| "clang".to_owned());

@@ -36,7 +36,10 @@ fn rule(dir: &Path, id: &str, severity: &str, window: Option<&str>, predicate: &
 /// Twenty rules of the shapes analysts write: thresholds on baseline
 /// columns, novelty, string matches, windowed counts.
 fn twenty_rules(dir: &Path) {
-    let repo_rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sql/rules");
+    // Read at run time: the shared build cache may hold this binary from a
+    // checkout at another path.
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo bench");
+    let repo_rules = Path::new(&manifest_dir).join("../sql/rules");
     for entry in std::fs::read_dir(&repo_rules).expect("sql/rules") {
         let path = entry.expect("entry").path();
         if path.extension().is_some_and(|x| x == "sql") {

@@ -4,8 +4,12 @@ use vigil_schemas::topics;
 
 #[test]
 fn broker_script_creates_the_topics_the_code_uses() {
-    let script_path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/local/broker.sh");
-    let script = std::fs::read_to_string(script_path).expect("read deploy/local/broker.sh");
+    // The checkout being tested, read when the test runs: the shared build
+    // cache may hold this binary from a checkout at another path.
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo test");
+    let script_path = std::path::Path::new(&manifest_dir).join("../deploy/local/broker.sh");
+    let script = std::fs::read_to_string(&script_path)
+        .unwrap_or_else(|e| panic!("read {}: {e}", script_path.display()));
     let start = script
         .find("TOPICS=(")
         .expect("broker.sh has a TOPICS=( list");

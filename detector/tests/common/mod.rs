@@ -50,7 +50,10 @@ pub fn rules_dir(names: &[&str]) -> tempfile::TempDir {
 }
 
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    // Read at run time, not compile time: the shared build cache may hold
+    // this binary from a checkout at another path.
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo test");
+    Path::new(&manifest_dir).join("..")
 }
 
 pub fn config(broker: &TestBroker, topics: &Topics, state: &Path, rules: &Path) -> DetectorConfig {
