@@ -4,8 +4,12 @@
 //! assignment, each partition resumes from the offset stored in RocksDB with
 //! the state it produced. Records are micro-batched (bounded by rows and a
 //! linger time), run through the [`Processor`], and its outputs — dead
-//! letters, alerts, review items, audit records — are published with the
-//! idempotent producer. Only when the broker has acknowledged all of them is
+//! letters, alerts, review items, audit records — are published with
+//! idempotent producers. Alerts and review items go first, as soon as the
+//! rules have run and before the audit records are made, on a producer of
+//! their own that sends at once (no linger), so a finding never waits
+//! behind a batch's audit records; dead letters and audit records follow on
+//! the bus's batching producer. Only when the broker has acknowledged all of them is
 //! the batch's state, with its offsets, written in one atomic batch; then
 //! the offsets are also committed to the group for lag monitoring.
 //!
@@ -254,7 +258,10 @@ fn partition_count<C: ConsumerContext, T: Consumer<C>>(
 pub struct Pipeline {
     config: DetectorConfig,
     consumer: StreamConsumer<DetectorContext>,
+    /// Dead letters and audit records (the bus's linger).
     producer: FutureProducer,
+    /// Alerts and review items, sent without linger.
+    alert_producer: FutureProducer,
     processor: Processor,
     revoked: Arc<AtomicBool>,
     resume_at: Arc<Mutex<HashMap<i32, i64>>>,
@@ -342,6 +349,10 @@ impl Pipeline {
         let producer: FutureProducer = bus::producer_config(&config.brokers)
             .create()
             .map_err(|e| Error::kafka("create producer", e))?;
+        let alert_producer: FutureProducer = bus::producer_config(&config.brokers)
+            .set("linger.ms", "0")
+            .create()
+            .map_err(|e| Error::kafka("create alert producer", e))?;
         consumer
             .subscribe(&[&config.events_topic])
             .map_err(|e| Error::kafka(format!("subscribe to {}", config.events_topic), e))?;
@@ -357,6 +368,7 @@ impl Pipeline {
             config,
             consumer,
             producer,
+            alert_producer,
             processor,
             revoked,
             resume_at,
@@ -432,9 +444,11 @@ impl Pipeline {
             }
         }
         self.checkpoint_now().await?;
-        self.producer
-            .flush(Duration::from_secs(30))
-            .map_err(|e| Error::kafka("flush producer", e))?;
+        for producer in [&self.alert_producer, &self.producer] {
+            producer
+                .flush(Duration::from_secs(30))
+                .map_err(|e| Error::kafka("flush producer", e))?;
+        }
         tracing::info!(?self.counters, "Stopped");
         Ok(self.counters)
     }
@@ -539,15 +553,23 @@ impl Pipeline {
             self.processor.open_chain(partition, head)?;
         }
 
+        // Findings go out as soon as the rules have run; the audit records
+        // are made and published after them.
         let now_ns = now_unix_ns();
         let started = Instant::now();
-        let output = self.processor.process(inputs, now_ns).await?;
+        let detected = self.processor.detect(inputs, now_ns).await?;
+        self.counters.process_time += started.elapsed();
+        let started = Instant::now();
+        let mut acks = self.publish_findings(&detected.output).await?;
+        self.counters.publish_time += started.elapsed();
+        let started = Instant::now();
+        let output = self.processor.finish(detected);
         self.counters.process_time += started.elapsed();
         let started = Instant::now();
         for (rule, error) in &output.rule_errors {
             tracing::error!(%rule, %error, "Rule failed on a batch");
         }
-        let acks = self.publish(&output).await?;
+        acks.extend(self.publish_records(&output).await?);
         self.counters.publish_time += started.elapsed();
         self.counters.batches += 1;
         self.counters.events += output.events as u64;
@@ -643,36 +665,13 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Hands a batch's outputs to the producer and returns their pending
-    /// acknowledgements. A full producer queue makes it wait (backpressure),
-    /// never drops anything.
-    async fn publish(&self, output: &Output) -> Result<Vec<DeliveryFuture>> {
+    /// Hands a batch's alerts and review items to the alert producer and
+    /// returns their pending acknowledgements. A full producer queue makes
+    /// it wait (backpressure), never drops anything.
+    async fn publish_findings(&self, output: &Output) -> Result<Vec<DeliveryFuture>> {
         let config = &self.config;
+        let mut sends = Vec::new();
 
-        let dead_letter_headers: Vec<OwnedHeaders> = output
-            .dead_letters
-            .iter()
-            .map(|letter| {
-                OwnedHeaders::new()
-                    .insert(Header {
-                        key: "vigil.source.topic",
-                        value: Some(config.events_topic.as_str()),
-                    })
-                    .insert(Header {
-                        key: "vigil.source.partition",
-                        value: Some(&letter.input.partition.to_string()),
-                    })
-                    .insert(Header {
-                        key: "vigil.source.offset",
-                        value: Some(&letter.input.offset.to_string()),
-                    })
-                    .insert(Header {
-                        key: "vigil.error",
-                        value: Some(letter.error.as_str()),
-                    })
-            })
-            .collect();
-        let mut documents = Vec::new();
         for (topic, alerts) in [
             (&config.alerts_topic, &output.alerts),
             (&config.review_topic, &output.review),
@@ -681,19 +680,40 @@ impl Pipeline {
                 let json = serde_json::to_vec(alert).map_err(|e| Error::Internal {
                     what: format!("serializing alert: {e}"),
                 })?;
-                documents.push((topic, alert.unmapped.vigil.principal.as_bytes(), json));
+                let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
+                    .key(alert.unmapped.vigil.principal.as_bytes())
+                    .payload(&json);
+                sends.push(Self::enqueue(&self.alert_producer, record).await?);
             }
         }
-        let mut encoded = Vec::with_capacity(output.audit.len());
-        for record in &output.audit {
-            let bytes = vigil_schemas::encode(record).map_err(|e| Error::Internal {
-                what: format!("encoding audit record: {e}"),
-            })?;
-            encoded.push((record.partition, record.principal.as_bytes(), bytes));
-        }
+        Ok(sends)
+    }
 
+    /// Hands a batch's dead letters and audit records to the producer and
+    /// returns their pending acknowledgements, waiting while its queue is
+    /// full.
+    async fn publish_records(&self, output: &Output) -> Result<Vec<DeliveryFuture>> {
+        let config = &self.config;
         let mut sends = Vec::new();
-        for (letter, headers) in output.dead_letters.iter().zip(dead_letter_headers) {
+
+        for letter in &output.dead_letters {
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: "vigil.source.topic",
+                    value: Some(config.events_topic.as_str()),
+                })
+                .insert(Header {
+                    key: "vigil.source.partition",
+                    value: Some(&letter.input.partition.to_string()),
+                })
+                .insert(Header {
+                    key: "vigil.source.offset",
+                    value: Some(&letter.input.offset.to_string()),
+                })
+                .insert(Header {
+                    key: "vigil.error",
+                    value: Some(letter.error.as_str()),
+                });
             let mut record: FutureRecord<'_, [u8], [u8]> =
                 FutureRecord::to(&config.dlq_topic).headers(headers);
             if let Some(key) = letter.input.key.as_deref() {
@@ -702,29 +722,29 @@ impl Pipeline {
             if let Some(payload) = letter.input.payload.as_deref() {
                 record = record.payload(payload);
             }
-            sends.push(self.enqueue(record).await?);
+            sends.push(Self::enqueue(&self.producer, record).await?);
         }
 
-        for (topic, key, json) in &documents {
-            let record: FutureRecord<'_, [u8], [u8]> =
-                FutureRecord::to(topic).key(*key).payload(json);
-            sends.push(self.enqueue(record).await?);
-        }
-
-        for (partition, key, bytes) in &encoded {
+        for audit in &output.audit {
+            let bytes = vigil_schemas::encode(audit).map_err(|e| Error::Internal {
+                what: format!("encoding audit record: {e}"),
+            })?;
             let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&config.audit_topic)
-                .partition(*partition)
-                .key(*key)
-                .payload(bytes);
-            sends.push(self.enqueue(record).await?);
+                .partition(audit.partition)
+                .key(audit.principal.as_bytes())
+                .payload(&bytes);
+            sends.push(Self::enqueue(&self.producer, record).await?);
         }
         Ok(sends)
     }
 
     /// Queues one record; while the producer's queue is full, waits.
-    async fn enqueue(&self, mut record: FutureRecord<'_, [u8], [u8]>) -> Result<DeliveryFuture> {
+    async fn enqueue(
+        producer: &FutureProducer,
+        mut record: FutureRecord<'_, [u8], [u8]>,
+    ) -> Result<DeliveryFuture> {
         loop {
-            match self.producer.send_result(record) {
+            match producer.send_result(record) {
                 Ok(delivery) => return Ok(delivery),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     record = back;

@@ -56,6 +56,16 @@ pub struct Output {
     pub state: StateWrite,
 }
 
+/// A batch after [`Processor::detect`]: its findings in `output`, waiting
+/// for [`Processor::finish`].
+#[derive(Debug)]
+pub struct Detected {
+    pub output: Output,
+    rows: Vec<Row>,
+    next_offsets: BTreeMap<i32, i64>,
+    now_ns: i64,
+}
+
 /// Decodes and checks one record: it must be an event keyed by its
 /// principal.
 pub fn decode_input(input: &Input) -> std::result::Result<Event, String> {
@@ -207,8 +217,18 @@ impl Processor {
     }
 
     /// Processes one batch of records in order. `now_ns` stamps alerts and
-    /// audit records.
+    /// audit records. The same as [`Processor::detect`] then
+    /// [`Processor::finish`].
     pub async fn process(&mut self, inputs: Vec<Input>, now_ns: i64) -> Result<Output> {
+        let detected = self.detect(inputs, now_ns).await?;
+        Ok(self.finish(detected))
+    }
+
+    /// The first half of processing a batch: decodes, enriches and runs
+    /// every rule. The findings (`alerts`, `review`) and dead letters are
+    /// final and can be published at once; audit records and the batch's
+    /// state come from [`Processor::finish`], which must be called next.
+    pub async fn detect(&mut self, inputs: Vec<Input>, now_ns: i64) -> Result<Detected> {
         let mut output = Output::default();
         let mut next_offsets: BTreeMap<i32, i64> = BTreeMap::new();
         let mut rows: Vec<Row> = Vec::with_capacity(inputs.len());
@@ -283,7 +303,24 @@ impl Processor {
                 }
             }
         }
+        Ok(Detected {
+            output,
+            rows,
+            next_offsets,
+            now_ns,
+        })
+    }
 
+    /// The second half of processing a batch: appends its audited events to
+    /// the audit chains and adds the state to write once everything is
+    /// acknowledged.
+    pub fn finish(&mut self, detected: Detected) -> Output {
+        let Detected {
+            mut output,
+            rows,
+            next_offsets,
+            now_ns,
+        } = detected;
         for row in &rows {
             if is_audited(&row.event, row.features.is_phi)
                 && let Some(record) = self.chains.append(
@@ -309,7 +346,7 @@ impl Processor {
             output.state.baselines = checkpoint.baselines;
             output.state.offsets = checkpoint.offsets;
         }
-        Ok(output)
+        output
     }
 
     /// Writes a processed batch's state (after its outputs were

@@ -1,7 +1,8 @@
 //! Checkpoints: with an interval, baselines and offsets are written only
 //! when one is due or asked for, together, and nothing processed in between
 //! is lost from them; with none, every batch writes both. Against a real
-//! RocksDB in a temp dir.
+//! RocksDB in a temp dir. Also: a batch processed in two halves (`detect`,
+//! `finish`) gives what `process` gives.
 
 mod common;
 
@@ -135,4 +136,91 @@ async fn deferred_baselines_and_offsets_are_written_together_at_the_checkpoint()
 /// A processor that checkpoints every batch (the interval's zero default).
 fn processor_on(store: Arc<RocksStore>) -> Processor {
     processor(store, Duration::ZERO)
+}
+
+/// `detect` gives a batch's findings before any audit record is made (so
+/// the pipeline can publish them first); `finish` then adds the audit
+/// records and the chain heads, and the two halves give what `process`
+/// gives.
+#[tokio::test]
+async fn findings_come_from_detect_and_audit_records_from_finish() {
+    let rules = common::rules_dir(&["audit-log-tampering"]);
+    let events = [
+        file_event("alice", Kind::Open, "/srv/phi/p1.json", MONDAY, 1),
+        file_event(
+            "alice",
+            Kind::Unlink,
+            "/var/log/audit/audit.log",
+            MONDAY + 1_000_000,
+            2,
+        ),
+    ];
+    let inputs = || -> Vec<Input> {
+        events
+            .iter()
+            .enumerate()
+            .map(|(offset, event)| Input {
+                partition: 0,
+                offset: offset as i64,
+                key: Some(event.principal().into_bytes()),
+                payload: Some(encode(event).expect("encodes")),
+            })
+            .collect()
+    };
+    let with_rules = |dir: tempfile::TempDir| {
+        let rules = rules.path().to_owned();
+        async move {
+            let (rules, errors) = RuleSet::load_dir(&rules).await;
+            assert!(errors.is_empty(), "{errors:?}");
+            let store = Arc::new(RocksStore::open(dir.path()).expect("rocksdb"));
+            let processor =
+                Processor::new(store, rules, RoleFile::open(None).expect("roles"), 7, TOPIC);
+            (processor, dir)
+        }
+    };
+
+    let (mut split, _split_dir) = with_rules(tempfile::tempdir().expect("state dir")).await;
+    let detected = split.detect(inputs(), MONDAY).await.expect("detects");
+    let findings: Vec<String> = detected
+        .output
+        .alerts
+        .iter()
+        .chain(&detected.output.review)
+        .map(|a| a.unmapped.vigil.rule_id.clone())
+        .collect();
+    assert_eq!(
+        findings,
+        ["audit-log-tampering"],
+        "the unlink is found by detect"
+    );
+    assert!(
+        detected.output.audit.is_empty(),
+        "no audit record before finish"
+    );
+    assert!(detected.output.state.chain_heads.is_empty());
+    let split = split.finish(detected);
+    assert!(!split.audit.is_empty(), "finish makes the audit records");
+    assert!(!split.state.chain_heads.is_empty());
+
+    let (mut whole, _whole_dir) = with_rules(tempfile::tempdir().expect("state dir")).await;
+    let whole = whole.process(inputs(), MONDAY).await.expect("processes");
+    let ids = |o: &vigil_detector::processor::Output| -> Vec<String> {
+        o.alerts
+            .iter()
+            .chain(&o.review)
+            .map(|a| a.id().to_owned())
+            .collect()
+    };
+    assert_eq!(ids(&split), ids(&whole));
+    let bytes = |o: &vigil_detector::processor::Output| -> Vec<Vec<u8>> {
+        o.audit
+            .iter()
+            .map(|r| encode(r).expect("encodes"))
+            .collect()
+    };
+    assert_eq!(
+        bytes(&split),
+        bytes(&whole),
+        "the same audit records, byte for byte"
+    );
 }
