@@ -59,6 +59,8 @@ pub struct Options {
     /// Events per second in the live phase, canaries included.
     pub rate: f64,
     pub canary_rate: f64,
+    /// How often the live phase hands a burst of events to the producer.
+    pub tick: Duration,
     /// Partitions of the events and audit topics.
     pub partitions: i32,
     /// How long to wait for the detector to catch up after the history.
@@ -124,10 +126,13 @@ impl Topics {
     }
 }
 
-/// Tracks the end offset of every events partition the producer wrote.
+/// Tracks the end offset of every events partition the producer wrote, and
+/// how long the broker took to acknowledge each canary.
 #[derive(Default)]
 struct Delivery {
     ends: Mutex<HashMap<i32, i64>>,
+    /// Canary event timestamp to its acknowledgement, in milliseconds.
+    canary_acks_ms: Mutex<Vec<f64>>,
     delivered: AtomicU64,
     failed: AtomicU64,
     first_error: Mutex<Option<String>>,
@@ -136,12 +141,18 @@ struct Delivery {
 impl ClientContext for Delivery {}
 
 impl ProducerContext for Delivery {
-    type DeliveryOpaque = ();
+    /// A canary's event timestamp (ns), 0 for every other event.
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    fn delivery(&self, result: &DeliveryResult<'_>, canary_sent_ns: usize) {
         match result {
             Ok(message) => {
                 self.delivered.fetch_add(1, Ordering::Relaxed);
+                if canary_sent_ns != 0
+                    && let Ok(mut acks) = self.canary_acks_ms.lock()
+                {
+                    acks.push((now_ns() - canary_sent_ns as i64) as f64 / 1e6);
+                }
                 if let Ok(mut ends) = self.ends.lock() {
                     let end = ends.entry(message.partition()).or_insert(0);
                     *end = (*end).max(message.offset() + 1);
@@ -205,15 +216,23 @@ impl Feed {
         })
     }
 
-    /// Numbers `event` in its host's sequence and produces it.
-    fn send(&mut self, mut event: Event) -> Result<()> {
+    /// Numbers `event` in its host's sequence and produces it; a `canary`'s
+    /// acknowledgement time is recorded.
+    fn send(&mut self, mut event: Event, canary: bool) -> Result<()> {
         let seq = self.seq.entry(event.host.clone()).or_insert(0);
         *seq += 1;
         event.seq = *seq;
         event.event_id = format!("{}:{}:{}", event.host, self.run, event.seq);
         let key = event.principal();
         let payload = encode(&event).context("encoding an event")?;
-        let mut record = BaseRecord::to(&self.topic).key(&key).payload(&payload);
+        let opaque = if canary {
+            usize::try_from(event.time_unix_ns).unwrap_or(0)
+        } else {
+            0
+        };
+        let mut record = BaseRecord::with_opaque_to(&self.topic, opaque)
+            .key(&key)
+            .payload(&payload);
         loop {
             match self.producer.send(record) {
                 Ok(()) => break,
@@ -239,6 +258,16 @@ impl Feed {
             .lock()
             .ok()
             .and_then(|e| e.clone())
+    }
+
+    /// Canary acknowledgement times so far (live phase).
+    fn canary_acks_ms(&self) -> Vec<f64> {
+        self.producer
+            .context()
+            .canary_acks_ms
+            .lock()
+            .map(|a| a.clone())
+            .unwrap_or_default()
     }
 
     fn ends(&self) -> HashMap<i32, i64> {
@@ -583,7 +612,7 @@ pub async fn run(options: &Options) -> Result<Report> {
         }
         events.sort_by_key(|e| e.time_unix_ns);
         for event in events {
-            feed.send(event)?;
+            feed.send(event, false)?;
         }
         if last_progress.elapsed() > Duration::from_secs(5) {
             detector.check_alive()?;
@@ -641,6 +670,7 @@ pub async fn run(options: &Options) -> Result<Report> {
         &mut detector,
     )
     .await?;
+    let canary_acks_ms = feed.canary_acks_ms();
 
     detector.stop().await?;
     reader.abort();
@@ -680,6 +710,7 @@ pub async fn run(options: &Options) -> Result<Report> {
         evaluate_from_day: options.evaluate_from_day,
         latencies_ms: &collected.canary_latencies_ms,
         detector_latencies_ms: &collected.canary_detector_ms,
+        ack_latencies_ms: &canary_acks_ms,
     });
     // `build` fills the live phase's unexpected-alert count.
     report.live.canaries_alerted = collected.canary_latencies_ms.len();
@@ -706,8 +737,8 @@ async fn live_phase(
         .collect();
     let canary = hospital.canary();
     let mut rng = Rng::keyed(options.seed, &[0x11fe]);
-    let tick = Duration::from_millis(10);
-    let ticks_per_sec = 100.0;
+    let tick = options.tick;
+    let ticks_per_sec = 1.0 / tick.as_secs_f64();
     let mut live = LivePhase {
         target_events_per_sec: options.rate,
         ..LivePhase::default()
@@ -737,7 +768,7 @@ async fn live_phase(
             if let Ok(mut sent) = canary_sent.lock() {
                 sent.insert(id, time);
             }
-            feed.send(event)?;
+            feed.send(event, true)?;
             live.canaries_sent += 1;
             canaries_owed -= 1.0;
             owed -= 1.0;
@@ -745,7 +776,7 @@ async fn live_phase(
         while owed >= 1.0 && !makers.is_empty() {
             let maker = &makers[n % makers.len()];
             let event = hospital.app_event(maker, n / makers.len(), now_ns(), &mut rng);
-            feed.send(event)?;
+            feed.send(event, false)?;
             n += 1;
             owed -= 1.0;
         }

@@ -85,6 +85,12 @@ struct Cli {
     #[arg(long, default_value_t = 100.0)]
     canary_rate: f64,
 
+    /// How often, in milliseconds, the live phase hands the events owed so
+    /// far to the producer (rate × tick per burst). Each burst becomes one
+    /// produce request and one stored batch per partition on the broker.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    tick_ms: u64,
+
     /// Partitions of the run's events and audit topics (its alerts topic
     /// gets at most 3). The local tansu broker lists every stored batch of
     /// a partition on each fetch that finds new data, so fewer partitions
@@ -147,6 +153,7 @@ async fn main() -> ExitCode {
         live_seconds: cli.live_seconds,
         rate: cli.rate,
         canary_rate: cli.canary_rate,
+        tick: Duration::from_millis(cli.tick_ms),
         partitions: cli.partitions,
         catch_up_timeout: cli.catch_up_timeout,
         keep_state: cli.keep_state,

@@ -124,6 +124,9 @@ pub struct Report {
     /// The first part of `latency`: canary event to the detector's
     /// processing of it (the alert's `time`, millisecond resolution).
     pub latency_to_detector: Latency,
+    /// Canary event to the broker acknowledging it (the events producer's
+    /// delivery report): the first hop's produce half.
+    pub latency_to_ack: Latency,
     /// Histogram of event-to-alert latency: (upper bound ms, count).
     pub histogram: Vec<(f64, usize)>,
     pub scenarios: Vec<ScenarioResult>,
@@ -169,6 +172,7 @@ pub struct Inputs<'a> {
     pub latencies_ms: &'a [f64],
     /// Canary event to the detector's processing of it.
     pub detector_latencies_ms: &'a [f64],
+    pub ack_latencies_ms: &'a [f64],
 }
 
 impl Report {
@@ -284,6 +288,7 @@ impl Report {
 
         self.latency = Latency::of(input.latencies_ms);
         self.latency_to_detector = Latency::of(input.detector_latencies_ms);
+        self.latency_to_ack = Latency::of(input.ack_latencies_ms);
         self.histogram = histogram(input.latencies_ms);
     }
 
@@ -324,6 +329,12 @@ impl Report {
             s,
             "latency   event -> alert consumed, {} canaries ({} sent): p50 {:.1} ms  p95 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
             t.samples, l.canaries_sent, t.p50_ms, t.p95_ms, t.p99_ms, t.max_ms
+        );
+        let a = &self.latency_to_ack;
+        let _ = writeln!(
+            s,
+            "          of which event -> acknowledged by the broker: p50 {:.1} ms  p95 {:.1} ms  p99 {:.1} ms",
+            a.p50_ms, a.p95_ms, a.p99_ms
         );
         let d = &self.latency_to_detector;
         let _ = writeln!(
@@ -577,6 +588,7 @@ mod tests {
             evaluate_from_day: 30,
             latencies_ms: &[3.0, 4.0],
             detector_latencies_ms: &[1.0, 2.0],
+            ack_latencies_ms: &[0.5, 1.0],
         });
         assert_eq!(report.recall, 0.5);
         let shell = report

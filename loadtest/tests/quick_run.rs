@@ -52,6 +52,7 @@ async fn a_small_hospital_run_catches_every_scenario_and_times_canaries() {
         rate: 400.0,
         partitions: 6,
         canary_rate: 20.0,
+        tick: Duration::from_millis(10),
         catch_up_timeout: Duration::from_secs(240),
         keep_state: false,
     };
@@ -80,6 +81,15 @@ async fn a_small_hospital_run_catches_every_scenario_and_times_canaries() {
     );
     assert_eq!(report.latency.samples, report.live.canaries_sent);
     assert!(report.latency.p50_ms > 0.0 && report.latency.p50_ms <= report.latency.max_ms);
+    assert_eq!(
+        report.latency_to_ack.samples, report.live.canaries_sent,
+        "every canary's acknowledgement is timed"
+    );
+    assert!(
+        report.latency_to_ack.p50_ms > 0.0 && report.latency_to_ack.p50_ms < report.latency.p50_ms,
+        "the broker acknowledges a canary before its alert is read: {}",
+        report.summary()
+    );
     assert_eq!(report.live.unexpected_alerts, 0, "{}", report.summary());
     assert_eq!(report.dead_letters, 0);
 
