@@ -53,6 +53,22 @@ struct {
 	__uint(max_entries, 8 << 20);
 } events SEC(".maps");
 
+/* When the collector was last woken (bpf_ktime_get_ns), shared by all CPUs;
+ * read and written without a lock (a lost update only costs or saves one
+ * wakeup). See submit_flags. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} last_wakeup SEC(".maps");
+
+/* At most one wakeup per this many nanoseconds below the batch threshold.
+ * The collector looks again VIGIL_FOLLOW_UP after every drain that found
+ * records (collector/src/lib.rs, longer than this), so a record submitted
+ * inside the gap waits for that look, not for the next wakeup. */
+#define VIGIL_WAKEUP_GAP_NS 1000000ull
+
 /* Failed ring-buffer reservations, per CPU, indexed by enum vigil_kind. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -490,12 +506,18 @@ static __always_inline void count_drop(__u32 kind)
 		__sync_fetch_and_add(count, 1);
 }
 
-/* Wakes the collector only when a batch has just built up: when this
- * record (`size` bytes) takes the unread data across an eighth of the ring
- * buffer (at most 64 KiB). Past that the reader is awake or about to be;
- * waking it again would cost a self-interrupt (irq_work) per record. A
- * crossing that two CPUs race past is caught by the reader's short drain
- * timer, so events wait at most that long. */
+/* Wakes the collector at once for a record on a quiet host, and otherwise
+ * only when a batch has built up:
+ * - below the batch threshold (an eighth of the ring buffer, at most
+ *   64 KiB of unread data), if no wakeup was sent in the last
+ *   VIGIL_WAKEUP_GAP_NS; records inside that gap are picked up by the
+ *   collector's follow-up look after the drain the last wakeup caused;
+ * - when this record (`size` bytes) takes the unread data across the
+ *   threshold.
+ * Past the threshold the reader is awake or about to be; waking it again
+ * would cost a self-interrupt (irq_work) per record. A crossing that two
+ * CPUs race past is caught by the next record's wakeup or the reader's
+ * slow safety timer. */
 static __always_inline __u64 submit_flags(__u64 size)
 {
 	__u64 threshold = bpf_ringbuf_query(&events, BPF_RB_RING_SIZE) / 8;
@@ -504,8 +526,17 @@ static __always_inline __u64 submit_flags(__u64 size)
 	/* reserved space includes an 8-byte header, rounded up to 8 */
 	__u64 used = ((size + 7) & ~7ull) + 8;
 	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
-	return avail >= threshold && avail < threshold + used ? BPF_RB_FORCE_WAKEUP
-								: BPF_RB_NO_WAKEUP;
+	if (avail >= threshold)
+		return avail < threshold + used ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+	__u32 zero = 0;
+	__u64 *last = bpf_map_lookup_elem(&last_wakeup, &zero);
+	if (!last)
+		return BPF_RB_NO_WAKEUP;
+	__u64 now = bpf_ktime_get_ns();
+	if (now - *last < VIGIL_WAKEUP_GAP_NS)
+		return BPF_RB_NO_WAKEUP;
+	*last = now;
+	return BPF_RB_FORCE_WAKEUP;
 }
 
 /* A record whose path2 is empty (every kind but exec and rename) goes into

@@ -42,9 +42,17 @@ use loader::{DropCounters, Probes};
 use publish::Outbox;
 use record::RawRecord;
 
-/// How often the ring buffer is read when the kernel has not woken us: the
-/// longest a record waits on a quiet host.
-pub const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
+/// How long after a drain that found records the ring buffer is read again.
+/// The kernel wakes us at most once per millisecond below its batch
+/// threshold (`VIGIL_WAKEUP_GAP_NS` in collector-ebpf/src/vigil.bpf.c); a
+/// record submitted inside that gap is read by this follow-up, so this must
+/// be longer than the gap.
+pub const FOLLOW_UP: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// How often the ring buffer is read when nothing else made us read it: a
+/// safety net only (every record either wakes us, is read by a follow-up,
+/// or arrives while a wakeup is pending), and all a quiet host pays for.
+pub const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// What a run did, for the final log line and for tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,9 +101,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary>
         "Collecting"
     );
 
-    // The kernel wakes us only once a batch has built up; this tick bounds
-    // how long a quiet host's events wait.
+    // The kernel wakes us for a record on a quiet host and otherwise once a
+    // batch has built up; after every drain that found records we look
+    // again after FOLLOW_UP; the tick is a safety net.
     let mut poll = tokio::time::interval(DRAIN_INTERVAL);
+    let mut follow_up: Option<tokio::time::Instant> = None;
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_delivered = 0;
     let mut stats = tokio::time::interval(config.stats_interval);
@@ -128,13 +138,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary>
             _ = poll.tick() => {
                 records += drain(ring.get_mut(), &mut enricher, &mut outbox);
             }
+            _ = tokio::time::sleep_until(follow_up.unwrap_or_else(tokio::time::Instant::now)),
+                if follow_up.is_some() => {
+                let found = drain(ring.get_mut(), &mut enricher, &mut outbox);
+                records += found;
+                follow_up = (found > 0).then(|| tokio::time::Instant::now() + FOLLOW_UP);
+            }
             guard = ring.readable_mut() => {
                 let mut guard = guard.map_err(|e| Error::io("waiting on the ring buffer", e))?;
                 records += drain(guard.get_inner_mut(), &mut enricher, &mut outbox);
                 guard.clear_ready();
                 // A record submitted between the drain and clear_ready woke
-                // nobody: read once more so it is not left until the next tick.
+                // nobody: read once more so it is not left until the follow-up.
                 records += drain(guard.get_inner_mut(), &mut enricher, &mut outbox);
+                follow_up = Some(tokio::time::Instant::now() + FOLLOW_UP);
             }
         }
     }

@@ -52,7 +52,12 @@ fn run(args: Args) -> anyhow::Result<()> {
             }
             on_signal.cancel();
         });
-        vigil_collector::run(config, shutdown).await?;
+        // On a worker thread rather than this one: the drain tick's timer
+        // fires on a worker, which then polls the loop itself instead of
+        // waking this thread.
+        tokio::spawn(vigil_collector::run(config, shutdown))
+            .await
+            .context("the collector task panicked")??;
         Ok(())
     })
 }
