@@ -283,6 +283,15 @@ pub async fn run(
     out: &mut impl Write,
     err: &mut impl Write,
 ) -> Result<AlertsSummary> {
+    if options.review_topic.as_deref() == Some(options.alerts_topic.as_str()) {
+        return Err(Error::Config {
+            what: "--review-topic".into(),
+            reason: format!(
+                "is the alert topic too ({}); name the review topic (default vigil.review.v1) or pass --no-review",
+                options.alerts_topic
+            ),
+        });
+    }
     let started_ms = now_ms();
     let mut topics = vec![options.alerts_topic.as_str()];
     topics.extend(options.review_topic.as_deref());
@@ -475,6 +484,32 @@ WHERE is_phi AND kind = 'open' AND errno = 0 AND user_phi_opens_15m > 200
                 .is_some_and(|l| l.ends_with("[marked learning]")),
             "{odd}"
         );
+    }
+
+    /// The same topic as alert and review topic is refused before any
+    /// connection, naming the flag and what to do.
+    #[tokio::test]
+    async fn the_same_topic_for_alerts_and_review_is_refused() {
+        let options = AlertsOptions {
+            brokers: "127.0.0.1:1".into(),
+            alerts_topic: "vigil.alerts.v1".into(),
+            review_topic: Some("vigil.alerts.v1".into()),
+            from_beginning: false,
+            rule: None,
+            count: None,
+            idle_timeout: None,
+            color: false,
+        };
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let error = run(&options, &mut out, &mut err)
+            .await
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            error.contains("--review-topic") && error.contains("--no-review"),
+            "{error}"
+        );
+        assert!(out.is_empty() && err.is_empty());
     }
 
     /// `run` against a real broker: both topics are followed, the rule
