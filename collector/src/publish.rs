@@ -17,12 +17,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -81,75 +81,10 @@ impl ProducerContext for Deliveries {
     }
 }
 
-/// How long each of the polling thread's calls to `poll` lasts: 50 µs past
-/// a whole number of milliseconds. rdkafka's `poll` waits in whole
-/// milliseconds (it truncates what is left of the window) and then polls
-/// with a zero timeout until the window ends, so the fraction past the last
-/// whole millisecond is spent spinning. rdkafka's own `ThreadedProducer`
-/// polls in 100 ms windows and so spins about 1 ms in every 100 — 0.9% of
-/// a core on a quiet host, more than everything else the idle collector
-/// does.
-const POLL_WINDOW: Duration = Duration::from_micros(100_050);
-
-/// The collector's producer: librdkafka's producer with a thread of its own
-/// that serves delivery reports (see [`POLL_WINDOW`]). Dereferences to the
-/// `BaseProducer`; dropping it stops the thread (within one window).
-pub struct EventProducer {
-    producer: Arc<BaseProducer<Deliveries>>,
-    stop: Arc<AtomicBool>,
-    poller: Option<std::thread::JoinHandle<()>>,
-}
-
-impl EventProducer {
-    fn start(producer: BaseProducer<Deliveries>) -> Result<EventProducer> {
-        let producer = Arc::new(producer);
-        let stop = Arc::new(AtomicBool::new(false));
-        let poller = {
-            let producer = Arc::clone(&producer);
-            let stop = Arc::clone(&stop);
-            std::thread::Builder::new()
-                .name("delivery reports".into())
-                .spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        producer.poll(POLL_WINDOW);
-                    }
-                })
-                .map_err(|e| crate::error::Error::io("starting the delivery-report thread", e))?
-        };
-        Ok(EventProducer {
-            producer,
-            stop,
-            poller: Some(poller),
-        })
-    }
-}
-
-impl std::fmt::Debug for EventProducer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventProducer")
-            .field("in_flight", &self.producer.in_flight_count())
-            .finish_non_exhaustive()
-    }
-}
-
-impl std::ops::Deref for EventProducer {
-    type Target = BaseProducer<Deliveries>;
-
-    fn deref(&self) -> &BaseProducer<Deliveries> {
-        &self.producer
-    }
-}
-
-impl Drop for EventProducer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(poller) = self.poller.take()
-            && poller.join().is_err()
-        {
-            error!("The delivery-report thread panicked");
-        }
-    }
-}
+/// The collector's producer: delivery reports are served by a thread of
+/// its own (not rdkafka's `ThreadedProducer`, which spins at the end of
+/// every polling window).
+pub type EventProducer = vigil_schemas::bus::PolledProducer<Deliveries>;
 
 /// An idempotent `acks=all` producer that never expires queued messages
 /// (`message.timeout.ms = 0`) and holds up to `queue_messages` of them.
@@ -159,14 +94,13 @@ pub fn producer(
 ) -> Result<(EventProducer, Arc<DeliveryStats>)> {
     let context = Deliveries::default();
     let stats = Arc::clone(&context.stats);
-    let producer = vigil_schemas::bus::producer_config(brokers)
-        .set("message.timeout.ms", "0")
-        .set(
-            "queue.buffering.max.messages",
-            queue_messages.clamp(1, 10_000_000).to_string(),
-        )
-        .create_with_context(context)?;
-    Ok((EventProducer::start(producer)?, stats))
+    let mut config = vigil_schemas::bus::producer_config(brokers);
+    config.set("message.timeout.ms", "0").set(
+        "queue.buffering.max.messages",
+        queue_messages.clamp(1, 10_000_000).to_string(),
+    );
+    let producer = EventProducer::create(&config, context)?;
+    Ok((producer, stats))
 }
 
 /// Events lost to a full queue, not yet reported.

@@ -25,10 +25,11 @@ use futures::FutureExt;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
+use vigil_schemas::bus::PolledProducer;
 use vigil_schemas::{AuditRecord, bus, decode};
 
 use crate::config::DetectorConfig;
@@ -259,9 +260,9 @@ pub struct Pipeline {
     config: DetectorConfig,
     consumer: StreamConsumer<DetectorContext>,
     /// Dead letters and audit records (the bus's linger).
-    producer: FutureProducer,
+    producer: PolledProducer<Acks>,
     /// Alerts and review items, sent without linger.
-    alert_producer: FutureProducer,
+    alert_producer: PolledProducer<Acks>,
     processor: Processor,
     revoked: Arc<AtomicBool>,
     resume_at: Arc<Mutex<HashMap<i32, i64>>>,
@@ -274,6 +275,25 @@ pub struct Pipeline {
     /// Fault injection for the crash tests: abort after publishing this
     /// batch's outputs, before writing its state (`VIGIL_TEST_ABORT_AFTER_PUBLISH`).
     abort_after_publish: Option<u64>,
+}
+
+/// A published record's acknowledgement: answered by the producer's
+/// delivery-report thread.
+type Ack = tokio::sync::oneshot::Receiver<std::result::Result<(), KafkaError>>;
+type AckSender = Box<tokio::sync::oneshot::Sender<std::result::Result<(), KafkaError>>>;
+
+/// Producer context: sends each record's delivery report to its [`Ack`].
+struct Acks;
+
+impl ClientContext for Acks {}
+
+impl ProducerContext for Acks {
+    type DeliveryOpaque = AckSender;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, ack: AckSender) {
+        // The receiver is gone only when the detector stopped waiting.
+        let _ = ack.send(result.as_ref().map(|_| ()).map_err(|(e, _)| e.clone()));
+    }
 }
 
 /// Most batches published but not yet committed. The next batch is
@@ -346,13 +366,13 @@ impl Pipeline {
         ] {
             partition_count(&consumer, &config.brokers, topic)?;
         }
-        let producer: FutureProducer = bus::producer_config(&config.brokers)
-            .create()
+        let producer = PolledProducer::create(&bus::producer_config(&config.brokers), Acks)
             .map_err(|e| Error::kafka("create producer", e))?;
-        let alert_producer: FutureProducer = bus::producer_config(&config.brokers)
-            .set("linger.ms", "0")
-            .create()
-            .map_err(|e| Error::kafka("create alert producer", e))?;
+        let alert_producer = PolledProducer::create(
+            bus::producer_config(&config.brokers).set("linger.ms", "0"),
+            Acks,
+        )
+        .map_err(|e| Error::kafka("create alert producer", e))?;
         consumer
             .subscribe(&[&config.events_topic])
             .map_err(|e| Error::kafka(format!("subscribe to {}", config.events_topic), e))?;
@@ -583,9 +603,9 @@ impl Pipeline {
             acks: tokio::spawn(async move {
                 for result in futures::future::join_all(acks).await {
                     match result {
-                        Ok(Ok(_)) => {}
-                        Ok(Err((e, _))) => return Err(e),
-                        Err(_) => return Err(rdkafka::error::KafkaError::Canceled),
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return Err(e),
+                        Err(_) => return Err(KafkaError::Canceled),
                     }
                 }
                 Ok(())
@@ -668,7 +688,7 @@ impl Pipeline {
     /// Hands a batch's alerts and review items to the alert producer and
     /// returns their pending acknowledgements. A full producer queue makes
     /// it wait (backpressure), never drops anything.
-    async fn publish_findings(&self, output: &Output) -> Result<Vec<DeliveryFuture>> {
+    async fn publish_findings(&self, output: &Output) -> Result<Vec<Ack>> {
         let config = &self.config;
         let mut sends = Vec::new();
 
@@ -680,10 +700,12 @@ impl Pipeline {
                 let json = serde_json::to_vec(alert).map_err(|e| Error::Internal {
                     what: format!("serializing alert: {e}"),
                 })?;
-                let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
+                let (ack, acked) = tokio::sync::oneshot::channel();
+                let record = BaseRecord::with_opaque_to(topic, Box::new(ack))
                     .key(alert.unmapped.vigil.principal.as_bytes())
-                    .payload(&json);
-                sends.push(Self::enqueue(&self.alert_producer, record).await?);
+                    .payload(json.as_slice());
+                Self::enqueue(&self.alert_producer, record).await?;
+                sends.push(acked);
             }
         }
         Ok(sends)
@@ -692,7 +714,7 @@ impl Pipeline {
     /// Hands a batch's dead letters and audit records to the producer and
     /// returns their pending acknowledgements, waiting while its queue is
     /// full.
-    async fn publish_records(&self, output: &Output) -> Result<Vec<DeliveryFuture>> {
+    async fn publish_records(&self, output: &Output) -> Result<Vec<Ack>> {
         let config = &self.config;
         let mut sends = Vec::new();
 
@@ -714,38 +736,42 @@ impl Pipeline {
                     key: "vigil.error",
                     value: Some(letter.error.as_str()),
                 });
-            let mut record: FutureRecord<'_, [u8], [u8]> =
-                FutureRecord::to(&config.dlq_topic).headers(headers);
+            let (ack, acked) = tokio::sync::oneshot::channel();
+            let mut record: BaseRecord<'_, [u8], [u8], AckSender> =
+                BaseRecord::with_opaque_to(&config.dlq_topic, Box::new(ack)).headers(headers);
             if let Some(key) = letter.input.key.as_deref() {
                 record = record.key(key);
             }
             if let Some(payload) = letter.input.payload.as_deref() {
                 record = record.payload(payload);
             }
-            sends.push(Self::enqueue(&self.producer, record).await?);
+            Self::enqueue(&self.producer, record).await?;
+            sends.push(acked);
         }
 
         for audit in &output.audit {
             let bytes = vigil_schemas::encode(audit).map_err(|e| Error::Internal {
                 what: format!("encoding audit record: {e}"),
             })?;
-            let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&config.audit_topic)
+            let (ack, acked) = tokio::sync::oneshot::channel();
+            let record = BaseRecord::with_opaque_to(&config.audit_topic, Box::new(ack))
                 .partition(audit.partition)
                 .key(audit.principal.as_bytes())
-                .payload(&bytes);
-            sends.push(Self::enqueue(&self.producer, record).await?);
+                .payload(bytes.as_slice());
+            Self::enqueue(&self.producer, record).await?;
+            sends.push(acked);
         }
         Ok(sends)
     }
 
     /// Queues one record; while the producer's queue is full, waits.
     async fn enqueue(
-        producer: &FutureProducer,
-        mut record: FutureRecord<'_, [u8], [u8]>,
-    ) -> Result<DeliveryFuture> {
+        producer: &PolledProducer<Acks>,
+        mut record: BaseRecord<'_, [u8], [u8], AckSender>,
+    ) -> Result<()> {
         loop {
-            match producer.send_result(record) {
-                Ok(delivery) => return Ok(delivery),
+            match producer.send(record) {
+                Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     record = back;
                     tokio::time::sleep(Duration::from_millis(1)).await;

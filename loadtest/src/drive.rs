@@ -22,8 +22,9 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use vigil_schemas::bus::PolledProducer;
 use vigil_schemas::{Alert, Event, bus, encode};
 
 use crate::hospital::{DAY_NS, HOUR_NS, Hospital, Role, canary_event};
@@ -181,10 +182,10 @@ const HISTORY_LINGER_MS: &str = "50";
 /// the history replay; [`Feed::go_live`] switches to the bus's low-latency
 /// producer settings.
 struct Feed {
-    producer: ThreadedProducer<Delivery>,
+    producer: PolledProducer<Delivery>,
     /// The live phase's producer, created with the feed so that it has its
     /// connection and producer id before the first live event.
-    live: Option<ThreadedProducer<Delivery>>,
+    live: Option<PolledProducer<Delivery>>,
     topic: String,
     sent: u64,
     waits: u64,
@@ -195,16 +196,19 @@ struct Feed {
 
 impl Feed {
     fn new(brokers: &str, topic: &str, run: &str) -> Result<Feed> {
-        let producer = bus::producer_config(brokers)
-            .set("queue.buffering.max.messages", "200000")
-            .set("linger.ms", HISTORY_LINGER_MS)
-            .set("batch.num.messages", "100000")
-            .create_with_context(Delivery::default())
-            .context("creating the history producer")?;
-        let live = bus::producer_config(brokers)
-            .set("queue.buffering.max.messages", "200000")
-            .create_with_context(Delivery::default())
-            .context("creating the live events producer")?;
+        let producer = PolledProducer::create(
+            bus::producer_config(brokers)
+                .set("queue.buffering.max.messages", "200000")
+                .set("linger.ms", HISTORY_LINGER_MS)
+                .set("batch.num.messages", "100000"),
+            Delivery::default(),
+        )
+        .context("creating the history producer")?;
+        let live = PolledProducer::create(
+            bus::producer_config(brokers).set("queue.buffering.max.messages", "200000"),
+            Delivery::default(),
+        )
+        .context("creating the live events producer")?;
         Ok(Feed {
             producer,
             live: Some(live),
