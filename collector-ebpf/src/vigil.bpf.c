@@ -64,8 +64,8 @@ struct {
 } last_wakeup SEC(".maps");
 
 /* At most one wakeup per this many nanoseconds below the batch threshold.
- * The collector looks again VIGIL_FOLLOW_UP after every drain that found
- * records (collector/src/lib.rs, longer than this), so a record submitted
+ * The collector looks again FOLLOW_UP (collector/src/lib.rs) after every
+ * drain that found records, and FOLLOW_UP is longer than this, so a record
  * inside the gap waits for that look, not for the next wakeup. */
 #define VIGIL_WAKEUP_GAP_NS 1000000ull
 
