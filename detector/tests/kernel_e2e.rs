@@ -44,8 +44,8 @@ fn every_probe_access_is_alerted_and_latency_is_reported() {
     assert_eq!(report.probes.len(), plan.accesses, "one figure per access");
     for probe in &report.probes {
         assert!(
-            probe.total_ms > 0.0 && probe.collector_ms > 0.0 && probe.detector_ms > 0.0,
-            "an alert cannot arrive before its syscall, nor an event before it happened: {probe:?}"
+            probe.total_ms > 0.0 && probe.collector_ms > 0.0 && probe.detector_ms >= 0.0,
+            "an alert cannot arrive before its syscall, an event before it happened, nor an alert before its event (one fetch response may bring both): {probe:?}"
         );
     }
     println!(
