@@ -125,7 +125,7 @@ if wants loop; then
     printf '%-22s %8s %8s %8.3f\n' "empty tracepoints" "$bare" "$with" "$(awk -v w="$with" -v b="$bare" 'BEGIN {print w / b}')"
   fi
   phi_with=$(tr ' ' '\n' <<< "${times[vigil-phi]}" | grep . | median)
-  echo "watched-file events/s with the collector, unpaced (open + read roll-up per iteration): $(awk -v n="$ITERATIONS" -v t="$phi_with" 'BEGIN {printf "%d", 2 * n / t}')"
+  echo "watched-file events/s offered to the collector, unpaced (open + read roll-up per iteration; drops are on the collector lines above): $(awk -v n="$ITERATIONS" -v t="$phi_with" 'BEGIN {printf "%d", 2 * n / t}')"
 fi
 
 if wants capacity; then
