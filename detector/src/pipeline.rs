@@ -296,6 +296,12 @@ impl ProducerContext for Acks {
     }
 }
 
+/// A record for `topic` whose delivery report answers the returned [`Ack`].
+fn acked_record(topic: &str) -> (BaseRecord<'_, [u8], [u8], AckSender>, Ack) {
+    let (ack, acked) = tokio::sync::oneshot::channel();
+    (BaseRecord::with_opaque_to(topic, Box::new(ack)), acked)
+}
+
 /// Most batches published but not yet committed. The next batch is
 /// processed while the broker acknowledges the previous ones' outputs;
 /// beyond this many, the detector waits (backpressure).
@@ -700,8 +706,8 @@ impl Pipeline {
                 let json = serde_json::to_vec(alert).map_err(|e| Error::Internal {
                     what: format!("serializing alert: {e}"),
                 })?;
-                let (ack, acked) = tokio::sync::oneshot::channel();
-                let record = BaseRecord::with_opaque_to(topic, Box::new(ack))
+                let (record, acked) = acked_record(topic);
+                let record = record
                     .key(alert.unmapped.vigil.principal.as_bytes())
                     .payload(json.as_slice());
                 Self::enqueue(&self.alert_producer, record).await?;
@@ -736,9 +742,8 @@ impl Pipeline {
                     key: "vigil.error",
                     value: Some(letter.error.as_str()),
                 });
-            let (ack, acked) = tokio::sync::oneshot::channel();
-            let mut record: BaseRecord<'_, [u8], [u8], AckSender> =
-                BaseRecord::with_opaque_to(&config.dlq_topic, Box::new(ack)).headers(headers);
+            let (record, acked) = acked_record(&config.dlq_topic);
+            let mut record = record.headers(headers);
             if let Some(key) = letter.input.key.as_deref() {
                 record = record.key(key);
             }
@@ -753,8 +758,8 @@ impl Pipeline {
             let bytes = vigil_schemas::encode(audit).map_err(|e| Error::Internal {
                 what: format!("encoding audit record: {e}"),
             })?;
-            let (ack, acked) = tokio::sync::oneshot::channel();
-            let record = BaseRecord::with_opaque_to(&config.audit_topic, Box::new(ack))
+            let (record, acked) = acked_record(&config.audit_topic);
+            let record = record
                 .partition(audit.partition)
                 .key(audit.principal.as_bytes())
                 .payload(bytes.as_slice());
