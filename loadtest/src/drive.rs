@@ -575,13 +575,24 @@ pub async fn run(options: &Options) -> Result<Report> {
     let history_end = started.div_euclid(HOUR_NS) * HOUR_NS;
     let history_start = history_end - options.history_days * DAY_NS;
     let attacks_from = history_end - options.attack_days.min(options.history_days) * DAY_NS;
-    let planned = plan(
+    let (planned, unplaced) = plan(
         &hospital,
         options.attack_rounds,
         attacks_from,
         history_end - HOUR_NS,
+        history_start,
         options.bulk_records,
     );
+    for (scenario, round) in unplaced {
+        eprintln!(
+            "loadtest: the {} scenario is not injected in round {}: its weekday and hour \
+             do not occur in the {} days of history before the live phase (it needs \
+             --history-days 8 or more); its recall row will read 0/0",
+            scenario.name(),
+            round + 1,
+            options.history_days
+        );
+    }
     let mut attack_events: HashMap<i64, Vec<Event>> = HashMap::new();
     let mut injections: Vec<Injection> = Vec::new();
     for (injection, events) in planned {

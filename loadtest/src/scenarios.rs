@@ -229,39 +229,54 @@ pub fn inject(
     )
 }
 
+/// One planned injection with its events.
+pub type Planned = (Injection, Vec<Event>);
+
 /// Plans `rounds` injections of every scenario between `from` and `until`:
 /// each round starts on its own day, so scenarios do not overlap.
+///
+/// A scenario tied to a weekday and hour (the Tuesday-afternoon backup)
+/// that does not fit after its day moves a week earlier, or to the start of
+/// the span; when the span holds no such time at all (a span shorter than a
+/// week, ending just after it), it goes to the last such time of the week
+/// before `until`, which may lie before `from` but not before `earliest`
+/// (the first simulated time). The scenarios that cannot be placed even so
+/// (a history shorter than 8 days) are returned with their round, for the
+/// caller to report.
 pub fn plan(
     hospital: &Hospital,
     rounds: usize,
     from: i64,
     until: i64,
+    earliest: i64,
     bulk_records: u64,
-) -> Vec<(Injection, Vec<Event>)> {
+) -> (Vec<Planned>, Vec<(Scenario, usize)>) {
     let mut planned = Vec::new();
+    let mut unplaced = Vec::new();
     let span_days = ((until - from) / DAY_NS).max(1);
+    // Every injection lasts less than an hour, so a start searched from
+    // here ends before `until`.
+    let last_week = until - 7 * DAY_NS - HOUR_NS;
     for round in 0..rounds {
         for (s, scenario) in Scenario::ALL.into_iter().enumerate() {
             let day = ((round * Scenario::ALL.len() + s) as i64 * span_days)
                 / (rounds * Scenario::ALL.len()) as i64;
-            // A scenario tied to a weekday may not fit after a late start:
-            // then it moves a week earlier, or to the start of the span.
             let start = from + day * DAY_NS;
             let earlier = (1..).map(|weeks| start - weeks * 7 * DAY_NS);
             let candidates = std::iter::once(start)
                 .chain(earlier.take_while(|t| *t >= from))
-                .chain(std::iter::once(from));
-            for candidate in candidates {
-                let (injection, events) =
-                    inject(hospital, scenario, round, candidate, bulk_records);
-                if injection.end_ns < until {
-                    planned.push((injection, events));
-                    break;
-                }
+                .chain(std::iter::once(from))
+                .chain(Some(last_week).filter(|t| *t >= earliest));
+            let placed = candidates
+                .map(|candidate| inject(hospital, scenario, round, candidate, bulk_records))
+                .find(|(injection, _)| injection.end_ns < until);
+            match placed {
+                Some(injection) => planned.push(injection),
+                None => unplaced.push((scenario, round)),
             }
         }
     }
-    planned
+    (planned, unplaced)
 }
 
 #[cfg(test)]
@@ -316,19 +331,61 @@ mod tests {
     #[test]
     fn a_plan_spreads_rounds_over_the_span() {
         let hospital = Hospital::new(2, 40, 0);
-        let planned = plan(&hospital, 2, MONDAY, MONDAY + 14 * DAY_NS, 300);
+        let (planned, unplaced) = plan(&hospital, 2, MONDAY, MONDAY + 14 * DAY_NS, MONDAY, 300);
         assert_eq!(planned.len(), 14);
+        assert!(unplaced.is_empty());
         // A span of six days from a Monday noon still fits the Tuesday job.
-        let short = plan(
+        let (short, _) = plan(
             &hospital,
             1,
             MONDAY + 12 * HOUR_NS,
             MONDAY + 6 * DAY_NS,
+            MONDAY,
             300,
         );
         assert_eq!(short.len(), 7);
         for (injection, _) in &planned {
             assert!(injection.start_ns >= MONDAY && injection.end_ns < MONDAY + 14 * DAY_NS);
         }
+    }
+
+    /// The quick run's shape started on a Monday afternoon: six days of
+    /// attacks from Tuesday 15:00 hold no Tuesday 14:10, so the backup and
+    /// round 0's billing scenario (also a Tuesday afternoon) go to the
+    /// Tuesday before, inside the history.
+    #[test]
+    fn a_span_without_the_weekday_uses_the_history_before_it() {
+        let hospital = Hospital::new(2, 40, 0);
+        let history_end = MONDAY + 7 * DAY_NS + 15 * HOUR_NS;
+        let from = history_end - 6 * DAY_NS;
+        let until = history_end - HOUR_NS;
+        let earliest = history_end - 10 * DAY_NS;
+        let (planned, unplaced) = plan(&hospital, 1, from, until, earliest, 300);
+        assert_eq!(planned.len(), 7, "every scenario placed: {unplaced:?}");
+        for (injection, _) in &planned {
+            assert!(injection.end_ns < until, "{injection:?}");
+            assert!(injection.start_ns >= earliest, "{injection:?}");
+            assert!(
+                injection.end_ns - injection.start_ns < HOUR_NS,
+                "{injection:?}"
+            );
+        }
+        let backup = planned
+            .iter()
+            .find(|(i, _)| i.scenario == Scenario::BackupWrongDayNewDestination)
+            .expect("backup planned");
+        assert_eq!(weekday(backup.0.start_ns), 1, "Tuesday");
+        assert!(backup.0.start_ns < from, "before the attack span");
+        // Without the history before the span the two Tuesday-afternoon
+        // scenarios cannot be placed, and the caller is told which.
+        let (planned, unplaced) = plan(&hospital, 1, from, until, from, 300);
+        assert_eq!(planned.len(), 5);
+        assert_eq!(
+            unplaced,
+            [
+                (Scenario::BillingReadsTreatmentNotes, 0),
+                (Scenario::BackupWrongDayNewDestination, 0)
+            ]
+        );
     }
 }
