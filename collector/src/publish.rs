@@ -289,7 +289,7 @@ pub async fn publish(
             abandoned += 1;
             continue;
         }
-        let payload = vigil_schemas::encode(&*event)?;
+        let payload = vigil_schemas::encode(&*event);
         let key = event.principal();
         loop {
             let record = BaseRecord::to(&topic).key(&key).payload(&payload);

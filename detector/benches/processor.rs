@@ -140,7 +140,7 @@ fn events(count: usize) -> Vec<Input> {
                 partition: (user % 6) as i32,
                 offset: i as i64,
                 key: Some(event.principal().into_bytes()),
-                payload: Some(encode(&event).expect("encodes")),
+                payload: Some(encode(&event)),
             }
         })
         .collect()

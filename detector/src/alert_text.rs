@@ -413,7 +413,7 @@ WHERE is_phi AND kind = 'open' AND errno = 0 AND user_phi_opens_15m > 200
                     partition: 0,
                     offset: seq,
                     key: Some(event.principal().into_bytes()),
-                    payload: Some(encode(&event).expect("event encodes")),
+                    payload: Some(encode(&event)),
                 }
             })
             .collect();

@@ -755,9 +755,7 @@ impl Pipeline {
         }
 
         for audit in &output.audit {
-            let bytes = vigil_schemas::encode(audit).map_err(|e| Error::Internal {
-                what: format!("encoding audit record: {e}"),
-            })?;
+            let bytes = vigil_schemas::encode(audit);
             let (record, acked) = acked_record(&config.audit_topic);
             let record = record
                 .partition(audit.partition)

@@ -221,13 +221,13 @@ fn event_from(
     })
 }
 
-fn input_for(event: &Event, offset: i64) -> std::result::Result<Input, String> {
-    Ok(Input {
+fn input_for(event: &Event, offset: i64) -> Input {
+    Input {
         partition: 0,
         offset,
         key: Some(event.principal().into_bytes()),
-        payload: Some(encode(event).map_err(|e| e.to_string())?),
-    })
+        payload: Some(encode(event)),
+    }
 }
 
 /// The preset's history: `events_per_hour` PHI opens in each listed hour of
@@ -396,7 +396,7 @@ async fn run_checked(rule_file: &Path, test_file: &Path) -> std::result::Result<
                 offset += 1;
                 input_for(e, offset - 1)
             })
-            .collect::<std::result::Result<Vec<_>, _>>()?;
+            .collect::<Vec<_>>();
         let now = chunk.last().map(|e| e.time_unix_ns).unwrap_or(0);
         let output = processor
             .process(inputs, now)

@@ -35,7 +35,7 @@ fn inputs(positions: &[(i32, i64)]) -> Vec<Input> {
                 partition,
                 offset,
                 key: Some(event.principal().into_bytes()),
-                payload: Some(encode(&event).expect("encodes")),
+                payload: Some(encode(&event)),
             }
         })
         .collect()
@@ -163,7 +163,7 @@ async fn findings_come_from_detect_and_audit_records_from_finish() {
                 partition: 0,
                 offset: offset as i64,
                 key: Some(event.principal().into_bytes()),
-                payload: Some(encode(event).expect("encodes")),
+                payload: Some(encode(event)),
             })
             .collect()
     };
@@ -213,10 +213,7 @@ async fn findings_come_from_detect_and_audit_records_from_finish() {
     };
     assert_eq!(ids(&split), ids(&whole));
     let bytes = |o: &vigil_detector::processor::Output| -> Vec<Vec<u8>> {
-        o.audit
-            .iter()
-            .map(|r| encode(r).expect("encodes"))
-            .collect()
+        o.audit.iter().map(encode).collect()
     };
     assert_eq!(
         bytes(&split),

@@ -102,7 +102,7 @@ async fn reference_alert_ids(events: &[Event], rules: &std::path::Path) -> BTree
                 partition: 0,
                 offset: (offset * 64 + i) as i64,
                 key: Some(e.principal().into_bytes()),
-                payload: Some(encode(e).expect("encodes")),
+                payload: Some(encode(e)),
             })
             .collect();
         let output = processor.process(inputs, 0).await.expect("processes");

@@ -228,7 +228,7 @@ impl Feed {
         event.seq = *seq;
         event.event_id = format!("{}:{}:{}", event.host, self.run, event.seq);
         let key = event.principal();
-        let payload = encode(&event).context("encoding an event")?;
+        let payload = encode(&event);
         let opaque = if canary {
             usize::try_from(event.time_unix_ns).unwrap_or(0)
         } else {

@@ -202,10 +202,12 @@ pub fn current_schema<T: Contract>() -> &'static KnownSchema {
 }
 
 /// Encodes a value with its contract's current schema, single-object framed.
-pub fn encode<T: Contract>(value: &T) -> Result<Vec<u8>> {
+/// The hand-written codec writes any value its type can hold, so this
+/// cannot fail.
+pub fn encode<T: Contract>(value: &T) -> Vec<u8> {
     let mut out = header(current_schema::<T>());
     value.write_body(&mut out);
-    Ok(out)
+    out
 }
 
 /// [`encode`] through `apache-avro`'s schema-driven writer instead of the

@@ -30,7 +30,7 @@ async fn events_survive_the_bus_in_order_per_principal() {
         // Three principals, so records spread over partitions.
         event.login_name = Some(["alice", "bob", "carol"][(seq % 3) as usize].into());
         let key = event.principal();
-        let payload = encode(&event).expect("event encodes");
+        let payload = encode(&event);
         producer
             .send(
                 FutureRecord::to(&topic).key(&key).payload(&payload),

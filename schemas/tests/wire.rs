@@ -13,7 +13,7 @@ proptest! {
 
     #[test]
     fn any_event_round_trips(event in arb_event()) {
-        let bytes = encode(&event).expect("every schema-valid event encodes");
+        let bytes = encode(&event);
         prop_assert_eq!(&bytes[..2], &MAGIC);
         let back: Event = decode(&bytes).expect("what we wrote decodes");
         prop_assert_eq!(&back, &event);
@@ -23,7 +23,7 @@ proptest! {
 
     #[test]
     fn every_truncation_is_an_error(event in arb_event(), cut in any::<prop::sample::Index>()) {
-        let bytes = encode(&event).expect("encodes");
+        let bytes = encode(&event);
         let len = cut.index(bytes.len());
         let result = decode::<Event>(&bytes[..len]);
         match result {
@@ -39,7 +39,7 @@ proptest! {
     /// some bits — the top of a 10-byte varint — carry no information.
     #[test]
     fn bit_flips_never_panic_and_header_flips_are_caught(event in arb_event(), at in any::<prop::sample::Index>(), bit in 0u8..8) {
-        let mut bytes = encode(&event).expect("encodes");
+        let mut bytes = encode(&event);
         let i = at.index(bytes.len());
         bytes[i] ^= 1 << bit;
         let result = decode::<Event>(&bytes);
@@ -158,7 +158,7 @@ fn json_to_avro(
 
 #[test]
 fn a_flipped_length_prefix_is_corruption() {
-    let mut bytes = encode(&sample_event(1)).expect("encodes");
+    let mut bytes = encode(&sample_event(1));
     // The body opens with event_id's length as a zigzag varint (one byte
     // here); setting its continuation bit makes the length absurd.
     assert!(bytes[HEADER_LEN] < 0x80, "one-byte length prefix");
@@ -169,7 +169,7 @@ fn a_flipped_length_prefix_is_corruption() {
 
 #[test]
 fn unknown_fingerprint_is_named() {
-    let mut bytes = encode(&sample_event(1)).expect("encodes");
+    let mut bytes = encode(&sample_event(1));
     bytes[2..HEADER_LEN].copy_from_slice(&0x0123_4567_89ab_cdef_u64.to_le_bytes());
     match decode::<Event>(&bytes) {
         Err(Error::UnknownFingerprint { fingerprint }) => {
@@ -201,7 +201,7 @@ fn empty_and_header_only_messages_are_errors() {
         decode::<Event>(&[]),
         Err(Error::Truncated { len: 0 })
     ));
-    let bytes = encode(&sample_event(1)).expect("encodes");
+    let bytes = encode(&sample_event(1));
     assert!(matches!(
         decode::<Event>(&bytes[..HEADER_LEN]),
         Err(Error::Corrupt { .. })
@@ -210,7 +210,7 @@ fn empty_and_header_only_messages_are_errors() {
 
 #[test]
 fn trailing_bytes_are_corruption() {
-    let mut bytes = encode(&sample_event(1)).expect("encodes");
+    let mut bytes = encode(&sample_event(1));
     bytes.extend_from_slice(&[0, 0, 0]);
     assert!(
         matches!(
@@ -224,7 +224,7 @@ fn trailing_bytes_are_corruption() {
 
 #[test]
 fn an_event_is_not_an_audit_record() {
-    let bytes = encode(&sample_event(1)).expect("encodes");
+    let bytes = encode(&sample_event(1));
     match decode::<AuditRecord>(&bytes) {
         Err(Error::WrongContract { expected, found }) => {
             assert_eq!((expected, found), ("AuditRecord", "Event"));
@@ -250,7 +250,7 @@ fn fingerprints_are_crc64_avro_little_endian() {
             );
         }
     }
-    let bytes = encode(&sample_event(1)).expect("encodes");
+    let bytes = encode(&sample_event(1));
     assert_eq!(
         bytes[2..HEADER_LEN],
         wire::current_schema::<Event>().fingerprint.to_le_bytes()
