@@ -10,6 +10,13 @@
 //! operators, an empty pattern matches everything, a null string gives
 //! null. A pattern that does not compile now fails when the rule is
 //! loaded, with the regex crate's reason, instead of on its first batch.
+//!
+//! `LIKE` and `ILIKE` go the same way when Arrow would compile them too:
+//! Arrow answers a literal pattern that is a plain string, a prefix
+//! (`'/phi/%'`), a suffix or (for `LIKE`) a substring (`'%/audit/%'`) with
+//! string comparisons, and anything else (`'/phi/%/notes/%'`, `'_'`,
+//! `ILIKE '%x%'`) with a regular expression built for every batch. Those
+//! are translated to an anchored expression once ([`like_to_regex`]).
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -18,7 +25,7 @@ use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Result, ScalarValue, exec_err, plan_err};
-use datafusion::logical_expr::expr::ScalarFunction;
+use datafusion::logical_expr::expr::{Like, ScalarFunction};
 use datafusion::logical_expr::expr_rewriter::NamePreserver;
 use datafusion::logical_expr::{
     BinaryExpr, ColumnarValue, Expr, LogicalPlan, Operator, ScalarFunctionArgs, ScalarUDF,
@@ -59,6 +66,12 @@ impl OptimizerRule for CompileRegexOnce {
 }
 
 fn compile_literal_regex(expr: Expr) -> Result<Transformed<Expr>> {
+    if let Expr::Like(like) = &expr {
+        return Ok(match compile_like(like)? {
+            Some(compiled) => Transformed::yes(compiled),
+            None => Transformed::no(expr),
+        });
+    }
     let Expr::BinaryExpr(BinaryExpr { left, op, right }) = &expr else {
         return Ok(Transformed::no(expr));
     };
@@ -82,6 +95,78 @@ fn compile_literal_regex(expr: Expr) -> Result<Transformed<Expr>> {
             vec![left.as_ref().clone()],
         ),
     )))
+}
+
+/// `LIKE` / `ILIKE` (negated or not) against a literal pattern that Arrow
+/// would compile per batch, as a [`MatchRegex`]; `None` leaves it to Arrow.
+fn compile_like(like: &Like) -> Result<Option<Expr>> {
+    let Like {
+        negated,
+        expr,
+        pattern,
+        escape_char,
+        case_insensitive,
+    } = like;
+    // Only the default escape character; any other is left to DataFusion.
+    if escape_char.is_some_and(|c| c != '\\') {
+        return Ok(None);
+    }
+    let Expr::Literal(literal, _) = pattern.as_ref() else {
+        return Ok(None);
+    };
+    let Some(Some(pattern)) = literal.try_as_str() else {
+        return Ok(None);
+    };
+    if !arrow_compiles_like(pattern, *case_insensitive) {
+        return Ok(None);
+    }
+    let function = MatchRegex::like(pattern, *case_insensitive, *negated)?;
+    Ok(Some(Expr::ScalarFunction(ScalarFunction::new_udf(
+        Arc::new(ScalarUDF::new_from_impl(function)),
+        vec![expr.as_ref().clone()],
+    ))))
+}
+
+/// Whether Arrow's `like` / `ilike` kernels build a regular expression for
+/// this literal pattern (on every call) instead of comparing strings.
+fn arrow_compiles_like(pattern: &str, case_insensitive: bool) -> bool {
+    let special = |s: &str| s.contains(['%', '_', '\\']);
+    if !special(pattern) {
+        return case_insensitive && !pattern.is_ascii();
+    }
+    let prefix = pattern.strip_suffix('%').is_some_and(|rest| !special(rest));
+    let suffix = pattern.strip_prefix('%').is_some_and(|rest| !special(rest));
+    if case_insensitive {
+        return !pattern.is_ascii() || !(prefix || suffix);
+    }
+    let substring = pattern
+        .strip_prefix('%')
+        .and_then(|rest| rest.strip_suffix('%'))
+        .is_some_and(|middle| !special(middle));
+    !(prefix || suffix || substring)
+}
+
+/// A SQL `LIKE` pattern as an anchored regular expression: `%` is any run
+/// of characters (newlines included), `_` any one character, a backslash
+/// makes the next character literal, and a backslash at the very end is a
+/// literal backslash.
+pub fn like_to_regex(pattern: &str) -> String {
+    let mut regex = String::with_capacity(pattern.len() + 16);
+    regex.push_str("(?s)\\A");
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '%' => regex.push_str(".*"),
+            '_' => regex.push('.'),
+            '\\' => {
+                let literal = chars.next().unwrap_or('\\');
+                regex.push_str(&regex::escape(literal.encode_utf8(&mut [0; 4])));
+            }
+            c => regex.push_str(&regex::escape(c.encode_utf8(&mut [0; 4]))),
+        }
+    }
+    regex.push_str("\\z");
+    regex
 }
 
 /// `string ~ pattern` (or `~*`, `!~`, `!~*`) with the pattern compiled.
@@ -126,6 +211,20 @@ impl MatchRegex {
             regex,
             signature: Signature::any(1, Volatility::Immutable),
         })
+    }
+
+    /// `LIKE pattern` (`ILIKE`, `NOT LIKE`, `NOT ILIKE`) as a compiled
+    /// regular expression, named after the `LIKE` it replaces.
+    pub fn like(pattern: &str, case_insensitive: bool, negated: bool) -> Result<MatchRegex> {
+        let mut function = MatchRegex::new(&like_to_regex(pattern), case_insensitive, negated)?;
+        let operator = match (case_insensitive, negated) {
+            (false, false) => "like",
+            (true, false) => "ilike",
+            (false, true) => "not_like",
+            (true, true) => "not_ilike",
+        };
+        function.name = format!("{operator}('{}')", pattern.replace('\'', "''"));
+        Ok(function)
     }
 
     fn matches(&self, value: &str) -> bool {
@@ -219,6 +318,13 @@ mod tests {
             Some(""),
             None,
         ]);
+        both_over(batch, predicate).await
+    }
+
+    async fn both_over(
+        batch: RecordBatch,
+        predicate: &str,
+    ) -> (Vec<Option<bool>>, Vec<Option<bool>>, String) {
         let mut answers = Vec::new();
         let mut plan_text = String::new();
         for with_rule in [false, true] {
@@ -266,6 +372,79 @@ mod tests {
         }
         let (_, _, plan) = both("regexp_like(path, '/(sh|bash)$')").await;
         assert!(plan.contains("regex_match('/(sh|bash)$')"), "{plan}");
+    }
+
+    #[tokio::test]
+    async fn like_patterns_answer_as_arrow_does() {
+        let batch = paths(vec![
+            Some("/phi/ward-3/notes/2026.txt"),
+            Some("/PHI/Ward-3/NOTES/x"),
+            Some("/phi/notes"),
+            Some("/phi/a\nb/notes/c"),
+            Some("/phi/50%_off/notes/"),
+            Some("/phi/50x-off/notes/"),
+            Some("back\\slash"),
+            Some("/phi/élan/notes/É"),
+            Some("abc"),
+            Some(""),
+            None,
+        ]);
+        // (pattern, whether Arrow compiles it for LIKE, for ILIKE)
+        let patterns = [
+            ("/phi/%/notes/%", true, true),
+            ("%/notes/%", false, true),
+            ("/phi/%", false, false),
+            ("%txt", false, false),
+            ("a_c", true, true),
+            ("_", true, true),
+            ("/phi/50\\%\\_off/%", true, true),
+            ("%\\%%", true, true),
+            ("back\\\\slash", true, true),
+            ("%slash\\", true, true),
+            ("/phi/élan/%/é", true, true),
+            ("/phi/élan%", false, true),
+            ("abc", false, false),
+        ];
+        for (pattern, like, ilike) in patterns {
+            for (operator, compiled) in [
+                ("LIKE", like),
+                ("NOT LIKE", like),
+                ("ILIKE", ilike),
+                ("NOT ILIKE", ilike),
+            ] {
+                let predicate = format!("path {operator} '{pattern}'");
+                let (without, with, plan) = both_over(batch.clone(), &predicate).await;
+                assert_eq!(with, without, "{predicate}");
+                // Our functions print as like('…'), ilike('…'), not_like('…').
+                assert_eq!(
+                    plan.contains("like('"),
+                    compiled,
+                    "{predicate}: rewritten exactly when Arrow would compile it: {plan}"
+                );
+                if compiled {
+                    assert!(!plan.contains("LIKE"), "{predicate}: {plan}");
+                }
+            }
+        }
+        // The rule pack's inner-wildcard shape, answered as a LIKE reads.
+        let (_, with, plan) = both_over(batch, "path LIKE '/phi/%/notes/%'").await;
+        assert!(plan.contains("like('/phi/%/notes/%')"), "{plan}");
+        assert_eq!(
+            with,
+            [
+                true, false, false, true, true, true, false, true, false, false
+            ]
+            .map(Some)
+            .into_iter()
+            .chain([None])
+            .collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn like_patterns_become_anchored_literal_regexes() {
+        assert_eq!(like_to_regex("/a.b/%"), "(?s)\\A/a\\.b/.*\\z");
+        assert_eq!(like_to_regex("x_\\%\\"), "(?s)\\Ax.%\\\\\\z");
     }
 
     #[tokio::test]
