@@ -7,7 +7,10 @@
 #             It also runs under three empty programs on the tracepoints the
 #             collector needs for it (sys_exit_openat, sys_exit_read,
 #             sys_enter_close; see tracepoint_cost.sh): the floor any
-#             syscall-tracepoint collector pays.
+#             syscall-tracepoint collector pays. When auditd and auditctl are
+#             installed (apt-get install auditd), it also runs under the
+#             incumbent: auditd with one watch rule on the watched directory
+#             (`auditctl -w DIR -p rwa`), logging to a temporary directory.
 #   capacity  the same loop over watched files, paced at each rate of
 #             CAPACITY_RATES watched events/s (an open and a read roll-up per
 #             iteration) for CAPACITY_SECONDS, CAPACITY_ROUNDS times, a fresh
@@ -16,16 +19,24 @@
 #             that, with every lower one, kept pace in every round with no
 #             kernel drop (and with no drop at all).
 #   redis     redis-benchmark GET/SET throughput with the collector's default
-#             scope: REDIS_ROUNDS pairs of runs, bare then attached and
-#             attached then bare in turn (a started collector gets SETTLE
-#             seconds first); the ratio of each pair, and their median and
-#             quartiles (one pair's ratio moves by several %).
+#             scope, REDIS_ROUNDS rounds of three runs: bare, with the
+#             collector (started SETTLE seconds before), and under empty
+#             programs on every tracepoint the collector attaches (taken from
+#             vigil.bpf.c: what the kernel charges before any of the
+#             collector's logic). The order rotates so each run takes each
+#             place equally often; reports each round's ratios to its bare
+#             run (and the collector's to the empty programs' run), their
+#             geometric mean with a 95% interval, and their
+#             median and quartiles. One round's ratio moves by ±15% on a
+#             2-core VM, so a 3% question takes about a hundred rounds.
 #
 #   collector/bench/overhead.sh                  # all three parts
-#   PARTS=redis REDIS_ROUNDS=21 collector/bench/overhead.sh
+#   PARTS=redis REDIS_ROUNDS=100 collector/bench/overhead.sh
 # Needs: gcc, python3, redis-server and redis-benchmark (deploy/local/setup.sh),
 # tansu (deploy/local/setup.sh), and the release collector:
 #   cargo build --release -p vigil-collector
+# Optional: auditd (apt-get install auditd) for the loop part's comparison;
+# clang and libbpf-dev for the empty-program floors.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -35,8 +46,8 @@ PARTS=${PARTS:-loop capacity redis}
 CAPACITY_RATES=${CAPACITY_RATES:-100000 150000 200000 250000 300000}
 CAPACITY_SECONDS=${CAPACITY_SECONDS:-10}
 CAPACITY_ROUNDS=${CAPACITY_ROUNDS:-2}
-REDIS_ROUNDS=${REDIS_ROUNDS:-21}
-REDIS_REQUESTS=${REDIS_REQUESTS:-200000}
+REDIS_ROUNDS=${REDIS_ROUNDS:-100}
+REDIS_REQUESTS=${REDIS_REQUESTS:-50000}
 SETTLE=${SETTLE:-1}  # seconds a started collector gets before redis is measured
 for part in $PARTS; do
   [[ $part =~ ^(loop|capacity|redis)$ ]] || { echo "unknown part '$part' in PARTS (loop, capacity, redis)" >&2; exit 2; }
@@ -51,6 +62,7 @@ tansu=$(command -v tansu || echo "$HOME/.cargo/bin/tansu")
 work=$(mktemp -d)
 pids=()
 cleanup() {
+  stop_auditd 2> /dev/null || true
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$work"
@@ -63,13 +75,23 @@ for i in $(seq 0 63); do
   cp "$work/phi/file-$i" "$work/other/file-$i"
 done
 gcc -O2 -o "$work/loop" collector/bench/open_read_loop.c
-floor=
+floor= all_floor=
 if gcc -O2 -o "$work/attach" collector/bench/tracepoint_cost/attach.c -lbpf 2> /dev/null; then
   include=collector-ebpf/include
   bpftool btf dump file /sys/kernel/btf/vmlinux format c > "$work/vmlinux.h" 2> /dev/null && include=$work
   clang -O2 -g -target bpf -D__TARGET_ARCH_x86 -DSET_THREE -I "$include" \
     -c collector/bench/tracepoint_cost/empty.bpf.c -o "$work/three.o" && floor=1
+  # One empty program on each tracepoint the collector's object attaches.
+  {
+    echo '#include "vmlinux.h"'
+    echo '#include <bpf/bpf_helpers.h>'
+    echo 'char LICENSE[] SEC("license") = "Dual BSD/GPL";'
+    grep -o 'SEC("tracepoint/[^"]*")' collector-ebpf/src/vigil.bpf.c | sort -u |
+      awk '{printf "%s int empty_%d(void *ctx) { return 0; }\n", $0, NR}'
+  } > "$work/all.bpf.c"
+  clang -O2 -g -target bpf -D__TARGET_ARCH_x86 -I "$include" -c "$work/all.bpf.c" -o "$work/all.o" && all_floor=1
 fi
+[[ -n $floor && -n $all_floor ]] || echo "empty-program floors skipped: building tracepoint_cost needs gcc, clang and libbpf-dev (deploy/local/setup.sh)" >&2
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 "$tansu" broker --storage-engine memory://tansu/ --listener-url "tcp://127.0.0.1:$port" \
@@ -96,12 +118,56 @@ median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 quartiles() { sort -n | awk '{a[NR]=$1} END {q = (NR - 1) / 4; printf "%s %s %s\n", a[int(q) + 1], a[int(2 * q + 0.5) + 1], a[int(3 * q + 0.5) + 1]}'; }
 
+# auditd, the incumbent, for the loop part: started on a configuration of its
+# own that logs under $work; the kernel's audit settings are put back after.
+auditd_pid= audit_enabled=
+start_auditd() {
+  if ! command -v auditd > /dev/null || ! command -v auditctl > /dev/null; then
+    echo "auditd comparison skipped: auditd is not installed (apt-get install auditd)" >&2
+    return
+  fi
+  if pgrep -x auditd > /dev/null; then
+    echo "auditd comparison skipped: an auditd is already running, and its rules are not this bench's to change" >&2
+    return
+  fi
+  audit_enabled=$(auditctl -s | awk '$1 == "enabled" {print $2}')
+  mkdir -p "$work/audit"
+  sed "s|^log_file *=.*|log_file = $work/audit/audit.log|" /etc/audit/auditd.conf > "$work/audit/auditd.conf"
+  auditd -n -c "$work/audit" 2> "$work/audit/auditd.err" &
+  auditd_pid=$!
+  pids+=("$auditd_pid")
+  for _ in $(seq 50); do auditctl -s | grep -q "^pid $auditd_pid" && break; sleep 0.1; done
+  if ! auditctl -s | grep -q "^pid $auditd_pid"; then
+    echo "auditd comparison skipped: auditd did not register with the kernel:" >&2
+    cat "$work/audit/auditd.err" >&2
+    kill "$auditd_pid" 2> /dev/null || true
+    auditd_pid=
+    return
+  fi
+  echo "auditd running (kernel backlog limit $(auditctl -s | awk '$1 == "backlog_limit" {print $2}'))" >&2
+}
+stop_auditd() {
+  [[ -n $auditd_pid ]] || return 0
+  auditctl -W "$work/phi" -p rwa -k vigil-bench > /dev/null 2>&1 || true
+  kill -TERM "$auditd_pid" 2> /dev/null || true
+  wait "$auditd_pid" 2> /dev/null || true
+  [[ -z $audit_enabled ]] || auditctl -e "$audit_enabled" > /dev/null
+  echo "auditd wrote $(du -sh "$work/audit" | cut -f1) of logs" >&2
+  auditd_pid=
+}
+
 if wants loop; then
   declare -A times
+  start_auditd
   for round in $(seq "$ROUNDS"); do
     for dir in phi other; do times[bare-$dir]+="$("$work/loop" "$work/$dir" "$ITERATIONS") "; done
     if [[ -n $floor ]]; then
       times[floor]+="$("$work/attach" "$work/three.o" "$work/loop" "$work/other" "$ITERATIONS") "
+    fi
+    if [[ -n $auditd_pid ]]; then
+      auditctl -w "$work/phi" -p rwa -k vigil-bench > /dev/null
+      for dir in phi other; do times[auditd-$dir]+="$("$work/loop" "$work/$dir" "$ITERATIONS") "; done
+      auditctl -W "$work/phi" -p rwa -k vigil-bench > /dev/null
     fi
     for dir in phi other; do
       start_collector "$work/phi"
@@ -109,23 +175,20 @@ if wants loop; then
       stop_collector
     done
   done
+  stop_auditd
 
+  median_of() { tr ' ' '\n' <<< "${times[$1]}" | grep . | median; }
+  row() { printf '%-34s %8s %8s %8.3f\n' "$1" "$2" "$3" "$(awk -v w="$3" -v b="$2" 'BEGIN {print w / b}')"; }
   echo
   echo "open/read/close loop, $ITERATIONS iterations, median of $ROUNDS (seconds):"
-  printf '%-22s %8s %8s %8s\n' files bare collector ratio
+  printf '%-34s %8s %8s %8s\n' files bare attached ratio
   for dir in phi other; do
-    bare=$(tr ' ' '\n' <<< "${times[bare-$dir]}" | grep . | median)
-    with=$(tr ' ' '\n' <<< "${times[vigil-$dir]}" | grep . | median)
     label=$([[ $dir == phi ]] && echo "watched" || echo "not watched")
-    printf '%-22s %8s %8s %8.3f\n' "$label" "$bare" "$with" "$(awk -v w="$with" -v b="$bare" 'BEGIN {print w / b}')"
+    row "$label, collector" "$(median_of "bare-$dir")" "$(median_of "vigil-$dir")"
+    [[ -z ${times[auditd-$dir]:-} ]] || row "$label, auditd" "$(median_of "bare-$dir")" "$(median_of "auditd-$dir")"
   done
-  if [[ -n $floor ]]; then
-    bare=$(tr ' ' '\n' <<< "${times[bare-other]}" | grep . | median)
-    with=$(tr ' ' '\n' <<< "${times[floor]}" | grep . | median)
-    printf '%-22s %8s %8s %8.3f\n' "empty tracepoints" "$bare" "$with" "$(awk -v w="$with" -v b="$bare" 'BEGIN {print w / b}')"
-  fi
-  phi_with=$(tr ' ' '\n' <<< "${times[vigil-phi]}" | grep . | median)
-  echo "watched-file events/s offered to the collector, unpaced (open + read roll-up per iteration; drops are on the collector lines above): $(awk -v n="$ITERATIONS" -v t="$phi_with" 'BEGIN {printf "%d", 2 * n / t}')"
+  [[ -z $floor ]] || row "not watched, empty tracepoints" "$(median_of bare-other)" "$(median_of floor)"
+  echo "watched-file events/s offered to the collector, unpaced (open + read roll-up per iteration; drops are on the collector lines above): $(awk -v n="$ITERATIONS" -v t="$(median_of vigil-phi)" 'BEGIN {printf "%d", 2 * n / t}')"
 fi
 
 if wants capacity; then
@@ -166,24 +229,57 @@ if wants redis; then
     redis-server --port "$rport" --save '' --appendonly no > "$work/redis.log" 2>&1 &
     pids+=($!)
     sleep 1
-    bench() { redis-benchmark -p "$rport" -q -n "$REDIS_REQUESTS" -t set,get --csv | tr -d '"' | awk -F, '/^(SET|GET)/ {s += $2} END {print s}'; }
-    bares=() withs=() ratios=()
+    # bench [PREFIX...]: SET+GET requests/s, redis-benchmark run under PREFIX.
+    bench() { "$@" redis-benchmark -p "$rport" -q -n "$REDIS_REQUESTS" -t set,get --csv | tr -d '"' | awk -F, '/^(SET|GET)/ {s += $2} END {print s}'; }
+    arms=(bare collector)
+    [[ -z $all_floor ]] || arms+=(floor)
+    declare -A rps
+    ratios=() floor_ratios=() over_floor=()
     for round in $(seq "$REDIS_ROUNDS"); do
-      if ((round % 2)); then
-        bare=$(bench); start_collector; sleep "$SETTLE"; with=$(bench); stop_collector
-      else
-        start_collector; sleep "$SETTLE"; with=$(bench); stop_collector; bare=$(bench)
+      # Each arm takes each place in the order equally often over the rounds.
+      order=("${arms[@]:round % ${#arms[@]}}" "${arms[@]:0:round % ${#arms[@]}}")
+      for arm in "${order[@]}"; do
+        case $arm in
+          bare) rps[bare]=$(bench) ;;
+          floor) rps[floor]=$(bench "$work/attach" "$work/all.o") ;;
+          collector) start_collector; sleep "$SETTLE"; rps[collector]=$(bench); stop_collector ;;
+        esac
+      done
+      ratio=$(awk -v w="${rps[collector]}" -v b="${rps[bare]}" 'BEGIN {printf "%.4f", w / b}')
+      ratios+=("$ratio")
+      line="  redis round $round (${order[*]}): bare ${rps[bare]}, collector ${rps[collector]} req/s, ratio $ratio"
+      if [[ -n $all_floor ]]; then
+        floor_ratios+=("$(awk -v w="${rps[floor]}" -v b="${rps[bare]}" 'BEGIN {printf "%.4f", w / b}')")
+        over_floor+=("$(awk -v w="${rps[collector]}" -v f="${rps[floor]}" 'BEGIN {printf "%.4f", w / f}')")
+        line+="; empty programs ${rps[floor]} req/s, ratio ${floor_ratios[-1]}"
       fi
-      ratio=$(awk -v w="$with" -v b="$bare" 'BEGIN {printf "%.4f", w / b}')
-      echo "  redis round $round: bare $bare, collector $with req/s, ratio $ratio" >&2
-      bares+=("$bare") withs+=("$with") ratios+=("$ratio")
+      echo "$line" >&2
+      for arm in "${arms[@]}"; do rps[all-$arm]+="${rps[$arm]} "; done
     done
-    read -r q1 q2 q3 < <(printf '%s\n' "${ratios[@]}" | quartiles)
+    # summary LABEL RATIO...: the geometric mean of the ratios with its 95%
+    # confidence interval (normal approximation on the logs, fine for tens
+    # of rounds), then the median, quartiles and extremes.
+    summary() {
+      local q1 q2 q3
+      read -r q1 q2 q3 < <(printf '%s\n' "${@:2}" | quartiles)
+      printf '%s\n' "${@:2}" | awk -v label="$1" '
+        { l = log($1); n++; s += l; ss += l * l }
+        END {
+          m = s / n; sd = n > 1 ? sqrt((ss - n * m * m) / (n - 1)) : 0; e = 1.96 * sd / sqrt(n)
+          printf "%-34s %10.4f   (95%% interval %.4f .. %.4f)\n", label ", mean", exp(m), exp(m - e), exp(m + e)
+        }'
+      printf '%-34s %10s   (quartiles %s .. %s; lowest %s, highest %s)\n' "$1, median" "$q2" "$q1" "$q3" \
+        "$(printf '%s\n' "${@:2}" | sort -n | head -1)" "$(printf '%s\n' "${@:2}" | sort -n | tail -1)"
+    }
     echo
-    echo "redis-benchmark SET+GET requests/s, $REDIS_REQUESTS requests each, $REDIS_ROUNDS pairs, default scope:"
-    printf '%-22s %10s\n' "bare (median)" "$(printf '%s\n' "${bares[@]}" | median)"
-    printf '%-22s %10s\n' "collector (median)" "$(printf '%s\n' "${withs[@]}" | median)"
-    printf '%-22s %10s   (quartiles %s .. %s; lowest %s, highest %s)\n' "ratio per pair, median" "$q2" "$q1" "$q3" \
-      "$(printf '%s\n' "${ratios[@]}" | sort -n | head -1)" "$(printf '%s\n' "${ratios[@]}" | sort -n | tail -1)"
+    echo "redis-benchmark SET+GET requests/s, $REDIS_REQUESTS requests each, $REDIS_ROUNDS rounds, default scope:"
+    for arm in "${arms[@]}"; do
+      printf '%-34s %10s\n' "$arm (median)" "$(tr ' ' '\n' <<< "${rps[all-$arm]}" | grep . | median)"
+    done
+    summary "collector / bare" "${ratios[@]}"
+    if [[ -n $all_floor ]]; then
+      summary "empty programs / bare" "${floor_ratios[@]}"
+      summary "collector / empty programs" "${over_floor[@]}"
+    fi
   fi
 fi
