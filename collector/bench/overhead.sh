@@ -273,8 +273,9 @@ if wants redis; then
     }
     echo
     echo "redis-benchmark SET+GET requests/s, $REDIS_REQUESTS requests each, $REDIS_ROUNDS rounds, default scope:"
+    declare -A arm_label=([bare]=bare [collector]=collector [floor]="empty programs")
     for arm in "${arms[@]}"; do
-      printf '%-34s %10s\n' "$arm (median)" "$(tr ' ' '\n' <<< "${rps[all-$arm]}" | grep . | median)"
+      printf '%-34s %10s\n' "${arm_label[$arm]} (median)" "$(tr ' ' '\n' <<< "${rps[all-$arm]}" | grep . | median)"
     done
     summary "collector / bare" "${ratios[@]}"
     if [[ -n $all_floor ]]; then
