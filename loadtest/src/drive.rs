@@ -583,11 +583,11 @@ pub async fn run(options: &Options) -> Result<Report> {
         history_start,
         options.bulk_records,
     );
-    for (scenario, round) in unplaced {
+    for (scenario, round) in &unplaced {
         eprintln!(
             "loadtest: the {} scenario is not injected in round {}: its weekday and hour \
              do not occur in the {} days of history before the live phase (it needs \
-             --history-days 8 or more); its recall row will read 0/0",
+             --history-days 8 or more); the report's recall row counts it as not injected",
             scenario.name(),
             round + 1,
             options.history_days
@@ -718,6 +718,7 @@ pub async fn run(options: &Options) -> Result<Report> {
     report.build(&Inputs {
         received: &collected.received,
         injections: &injections,
+        unplaced: &unplaced,
         probe_rules: &[CANARY_RULE],
         history_start_ns: history_start,
         live_start_ns: history_end,

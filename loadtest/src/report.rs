@@ -55,6 +55,9 @@ impl Latency {
 pub struct ScenarioResult {
     pub scenario: &'static str,
     pub injected: usize,
+    /// Rounds that could not be injected: the history holds no time the
+    /// scenario can happen at (see `scenarios::plan`).
+    pub not_injected: usize,
     /// Injections with at least one alert on the alert topic.
     pub detected: usize,
     /// Injections caught only as review items (principal still learning).
@@ -163,6 +166,8 @@ fn matches(alert: &Received, injection: &Injection) -> bool {
 pub struct Inputs<'a> {
     pub received: &'a [Received],
     pub injections: &'a [Injection],
+    /// Scenario rounds the plan could not place.
+    pub unplaced: &'a [(Scenario, usize)],
     /// Rule ids that are probes, not detections.
     pub probe_rules: &'a [&'a str],
     pub history_start_ns: i64,
@@ -213,6 +218,11 @@ impl Report {
             self.scenarios.push(ScenarioResult {
                 scenario: scenario.name(),
                 injected: injected.len(),
+                not_injected: input
+                    .unplaced
+                    .iter()
+                    .filter(|(s, _)| *s == scenario)
+                    .count(),
                 detected,
                 review_only,
                 recall: ratio(detected as f64, injected.len() as f64),
@@ -350,12 +360,20 @@ impl Report {
         for r in &self.scenarios {
             let _ = writeln!(
                 s,
-                "  {:<40} {}/{} detected{}  [{}]",
+                "  {:<40} {}/{} detected{}{}  [{}]",
                 r.scenario,
                 r.detected,
                 r.injected,
                 if r.review_only > 0 {
                     format!(", {} only as review items", r.review_only)
+                } else {
+                    String::new()
+                },
+                if r.not_injected > 0 {
+                    format!(
+                        ", {} round(s) not injected (history too short: --history-days 8 or more)",
+                        r.not_injected
+                    )
                 } else {
                     String::new()
                 },
@@ -581,6 +599,7 @@ mod tests {
         report.build(&Inputs {
             received: &received,
             injections: &[injection, missed],
+            unplaced: &[(Scenario::BackupWrongDayNewDestination, 2)],
             probe_rules: &["loadtest-canary"],
             history_start_ns: start,
             live_start_ns: start + 60 * DAY_NS,
@@ -598,6 +617,20 @@ mod tests {
             .expect("scenario");
         assert_eq!((shell.injected, shell.detected), (1, 1));
         assert_eq!(shell.rules, vec!["db-service-shell".to_owned()]);
+        assert_eq!(shell.not_injected, 0);
+        let backup = report
+            .scenarios
+            .iter()
+            .find(|s| s.scenario == "backup-tuesday-new-destination")
+            .expect("scenario");
+        assert_eq!((backup.injected, backup.not_injected), (0, 1));
+        assert!(
+            report.summary().contains(
+                "backup-tuesday-new-destination           0/0 detected, 1 round(s) not injected"
+            ),
+            "{}",
+            report.summary()
+        );
         assert_eq!(report.false_alerts, 1);
         assert_eq!(report.benign_principal_hours, 3000);
         assert!((report.false_alerts_per_1000_principal_hours - 1000.0 / 3000.0).abs() < 1e-9);
