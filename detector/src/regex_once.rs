@@ -82,19 +82,19 @@ fn compile_literal_regex(expr: Expr) -> Result<Transformed<Expr>> {
         Operator::RegexNotIMatch => (true, true),
         _ => return Ok(Transformed::no(expr)),
     };
-    let Expr::Literal(literal, _) = right.as_ref() else {
-        return Ok(Transformed::no(expr));
-    };
-    let Some(Some(pattern)) = literal.try_as_str() else {
+    let Some(pattern) = literal_str(right) else {
         return Ok(Transformed::no(expr));
     };
     let function = MatchRegex::new(pattern, case_insensitive, negated)?;
-    Ok(Transformed::yes(Expr::ScalarFunction(
-        ScalarFunction::new_udf(
-            Arc::new(ScalarUDF::new_from_impl(function)),
-            vec![left.as_ref().clone()],
-        ),
-    )))
+    Ok(Transformed::yes(function.applied_to(left)))
+}
+
+/// The text of a string literal; `None` for anything else, a null included.
+fn literal_str(expr: &Expr) -> Option<&str> {
+    match expr {
+        Expr::Literal(literal, _) => literal.try_as_str().flatten(),
+        _ => None,
+    }
 }
 
 /// `LIKE` / `ILIKE` (negated or not) against a literal pattern that Arrow
@@ -111,20 +111,14 @@ fn compile_like(like: &Like) -> Result<Option<Expr>> {
     if escape_char.is_some_and(|c| c != '\\') {
         return Ok(None);
     }
-    let Expr::Literal(literal, _) = pattern.as_ref() else {
-        return Ok(None);
-    };
-    let Some(Some(pattern)) = literal.try_as_str() else {
+    let Some(pattern) = literal_str(pattern) else {
         return Ok(None);
     };
     if !arrow_compiles_like(pattern, *case_insensitive) {
         return Ok(None);
     }
     let function = MatchRegex::like(pattern, *case_insensitive, *negated)?;
-    Ok(Some(Expr::ScalarFunction(ScalarFunction::new_udf(
-        Arc::new(ScalarUDF::new_from_impl(function)),
-        vec![expr.as_ref().clone()],
-    ))))
+    Ok(Some(function.applied_to(expr)))
 }
 
 /// Whether Arrow's `like` / `ilike` kernels build a regular expression for
@@ -169,6 +163,13 @@ pub fn like_to_regex(pattern: &str) -> String {
     regex
 }
 
+/// How a plan shows the function: `operator('pattern')`, the operator taken
+/// from `[plain, case-insensitive, negated, negated case-insensitive]`.
+fn shown_as(operators: [&str; 4], case_insensitive: bool, negated: bool, pattern: &str) -> String {
+    let operator = operators[usize::from(case_insensitive) + 2 * usize::from(negated)];
+    format!("{operator}('{}')", pattern.replace('\'', "''"))
+}
+
 /// `string ~ pattern` (or `~*`, `!~`, `!~*`) with the pattern compiled.
 #[derive(Debug)]
 pub struct MatchRegex {
@@ -184,6 +185,30 @@ pub struct MatchRegex {
 
 impl MatchRegex {
     pub fn new(pattern: &str, case_insensitive: bool, negated: bool) -> Result<MatchRegex> {
+        let operators = [
+            "regex_match",
+            "regex_imatch",
+            "regex_not_match",
+            "regex_not_imatch",
+        ];
+        let name = shown_as(operators, case_insensitive, negated, pattern);
+        MatchRegex::named(name, pattern, case_insensitive, negated)
+    }
+
+    /// `LIKE pattern` (`ILIKE`, `NOT LIKE`, `NOT ILIKE`) as a compiled
+    /// regular expression, named after the `LIKE` it replaces.
+    pub fn like(pattern: &str, case_insensitive: bool, negated: bool) -> Result<MatchRegex> {
+        let operators = ["like", "ilike", "not_like", "not_ilike"];
+        let name = shown_as(operators, case_insensitive, negated, pattern);
+        MatchRegex::named(name, &like_to_regex(pattern), case_insensitive, negated)
+    }
+
+    fn named(
+        name: String,
+        pattern: &str,
+        case_insensitive: bool,
+        negated: bool,
+    ) -> Result<MatchRegex> {
         let full = if case_insensitive {
             format!("(?i){pattern}")
         } else {
@@ -197,14 +222,8 @@ impl MatchRegex {
                 Err(e) => return plan_err!("regular expression '{pattern}' does not compile: {e}"),
             }
         };
-        let operator = match (case_insensitive, negated) {
-            (false, false) => "regex_match",
-            (true, false) => "regex_imatch",
-            (false, true) => "regex_not_match",
-            (true, true) => "regex_not_imatch",
-        };
         Ok(MatchRegex {
-            name: format!("{operator}('{}')", pattern.replace('\'', "''")),
+            name,
             pattern: pattern.to_owned(),
             case_insensitive,
             negated,
@@ -213,18 +232,12 @@ impl MatchRegex {
         })
     }
 
-    /// `LIKE pattern` (`ILIKE`, `NOT LIKE`, `NOT ILIKE`) as a compiled
-    /// regular expression, named after the `LIKE` it replaces.
-    pub fn like(pattern: &str, case_insensitive: bool, negated: bool) -> Result<MatchRegex> {
-        let mut function = MatchRegex::new(&like_to_regex(pattern), case_insensitive, negated)?;
-        let operator = match (case_insensitive, negated) {
-            (false, false) => "like",
-            (true, false) => "ilike",
-            (false, true) => "not_like",
-            (true, true) => "not_ilike",
-        };
-        function.name = format!("{operator}('{}')", pattern.replace('\'', "''"));
-        Ok(function)
+    /// This function called on `arg`, as an expression.
+    fn applied_to(self, arg: &Expr) -> Expr {
+        Expr::ScalarFunction(ScalarFunction::new_udf(
+            Arc::new(ScalarUDF::new_from_impl(self)),
+            vec![arg.clone()],
+        ))
     }
 
     fn matches(&self, value: &str) -> bool {
