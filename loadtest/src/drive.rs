@@ -30,7 +30,7 @@ use vigil_schemas::{Alert, Event, bus, encode};
 use crate::hospital::{DAY_NS, HOUR_NS, Hospital, Role, canary_event};
 use crate::report::{DayCounts, Inputs, LivePhase, Received, Report};
 use crate::rng::Rng;
-use crate::scenarios::{Injection, plan};
+use crate::scenarios::{HISTORY_DAYS_FOR_EVERY_SCENARIO, Injection, plan};
 
 /// The probe rule's id.
 pub const CANARY_RULE: &str = "loadtest-canary";
@@ -587,7 +587,8 @@ pub async fn run(options: &Options) -> Result<Report> {
         eprintln!(
             "loadtest: the {} scenario is not injected in round {}: its weekday and hour \
              do not occur in the {} days of history before the live phase (it needs \
-             --history-days 8 or more); the report's recall row counts it as not injected",
+             --history-days {HISTORY_DAYS_FOR_EVERY_SCENARIO} or more); the report's recall row \
+             counts it as not injected",
             scenario.name(),
             round + 1,
             options.history_days

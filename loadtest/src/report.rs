@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::scenarios::{Injection, Scenario};
+use crate::scenarios::{HISTORY_DAYS_FOR_EVERY_SCENARIO, Injection, Scenario};
 
 /// A received alert or review item, reduced to what the report needs.
 #[derive(Debug, Clone, Serialize)]
@@ -371,7 +371,8 @@ impl Report {
                 },
                 if r.not_injected > 0 {
                     format!(
-                        ", {} round(s) not injected (history too short: --history-days 8 or more)",
+                        ", {} round(s) not injected (history too short: --history-days \
+                         {HISTORY_DAYS_FOR_EVERY_SCENARIO} or more)",
                         r.not_injected
                     )
                 } else {
@@ -610,19 +611,19 @@ mod tests {
             ack_latencies_ms: &[0.5, 1.0],
         });
         assert_eq!(report.recall, 0.5);
-        let shell = report
-            .scenarios
-            .iter()
-            .find(|s| s.scenario == "database-spawns-shell")
-            .expect("scenario");
+        let scenario = |name: &str| {
+            report
+                .scenarios
+                .iter()
+                .find(|s| s.scenario == name)
+                .expect("scenario")
+                .clone()
+        };
+        let shell = scenario("database-spawns-shell");
         assert_eq!((shell.injected, shell.detected), (1, 1));
         assert_eq!(shell.rules, vec!["db-service-shell".to_owned()]);
         assert_eq!(shell.not_injected, 0);
-        let backup = report
-            .scenarios
-            .iter()
-            .find(|s| s.scenario == "backup-tuesday-new-destination")
-            .expect("scenario");
+        let backup = scenario("backup-tuesday-new-destination");
         assert_eq!((backup.injected, backup.not_injected), (0, 1));
         assert!(
             report.summary().contains(

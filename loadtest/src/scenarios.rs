@@ -229,6 +229,11 @@ pub fn inject(
     )
 }
 
+/// Days of history that hold every scenario whatever the hour the run
+/// starts: a week, the hour before the live phase, and the hour a
+/// weekday-tied scenario may need (see [`plan`]).
+pub const HISTORY_DAYS_FOR_EVERY_SCENARIO: i64 = 8;
+
 /// One planned injection with its events.
 pub type Planned = (Injection, Vec<Event>);
 
@@ -241,7 +246,7 @@ pub type Planned = (Injection, Vec<Event>);
 /// week, ending just after it), it goes to the last such time of the week
 /// before `until`, which may lie before `from` but not before `earliest`
 /// (the first simulated time). The scenarios that cannot be placed even so
-/// (a history shorter than 8 days) are returned with their round, for the
+/// (a history shorter than [`HISTORY_DAYS_FOR_EVERY_SCENARIO`]) are returned with their round, for the
 /// caller to report.
 pub fn plan(
     hospital: &Hospital,
@@ -346,6 +351,25 @@ mod tests {
         assert_eq!(short.len(), 7);
         for (injection, _) in &planned {
             assert!(injection.start_ns >= MONDAY && injection.end_ns < MONDAY + 14 * DAY_NS);
+        }
+    }
+
+    /// With that much history every scenario is placed, however short the
+    /// attack span and at whatever hour of the week the run starts.
+    #[test]
+    fn the_minimum_history_holds_every_scenario_at_every_hour() {
+        let hospital = Hospital::new(2, 40, 0);
+        for hour in 0..7 * 24 {
+            let history_end = MONDAY + 7 * DAY_NS + hour * HOUR_NS;
+            let earliest = history_end - HISTORY_DAYS_FOR_EVERY_SCENARIO * DAY_NS;
+            for attack_days in [1, 6] {
+                let from = history_end - attack_days * DAY_NS;
+                let (_, unplaced) = plan(&hospital, 1, from, history_end - HOUR_NS, earliest, 300);
+                assert!(
+                    unplaced.is_empty(),
+                    "hour {hour}, {attack_days} days: {unplaced:?}"
+                );
+            }
         }
     }
 
