@@ -81,14 +81,7 @@ if gcc -O2 -o "$work/attach" collector/bench/tracepoint_cost/attach.c -lbpf 2> /
   bpftool btf dump file /sys/kernel/btf/vmlinux format c > "$work/vmlinux.h" 2> /dev/null && include=$work
   clang -O2 -g -target bpf -D__TARGET_ARCH_x86 -DSET_THREE -I "$include" \
     -c collector/bench/tracepoint_cost/empty.bpf.c -o "$work/three.o" && floor=1
-  # One empty program on each tracepoint the collector's object attaches.
-  {
-    echo '#include "vmlinux.h"'
-    echo '#include <bpf/bpf_helpers.h>'
-    echo 'char LICENSE[] SEC("license") = "Dual BSD/GPL";'
-    grep -o 'SEC("tracepoint/[^"]*")' collector-ebpf/src/vigil.bpf.c | sort -u |
-      awk '{printf "%s int empty_%d(void *ctx) { return 0; }\n", $0, NR}'
-  } > "$work/all.bpf.c"
+  collector/bench/tracepoint_cost/every_tracepoint.sh > "$work/all.bpf.c"
   clang -O2 -g -target bpf -D__TARGET_ARCH_x86 -I "$include" -c "$work/all.bpf.c" -o "$work/all.o" && all_floor=1
 fi
 [[ -n $floor && -n $all_floor ]] || echo "empty-program floors skipped: building tracepoint_cost needs gcc, clang and libbpf-dev (deploy/local/setup.sh)" >&2

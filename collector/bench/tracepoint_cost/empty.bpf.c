@@ -13,6 +13,11 @@
  *   -DSET_RAW    raw_syscalls sys_enter + sys_exit (BTF-less raw
  *                tracepoints): every syscall of every task; for comparison
  *                only, DESIGN.md rules it out for the product
+ *   -DSET_FENTRY the same three hooks as THREE as fexit/fentry programs
+ *                (BPF trampolines: no syscall-trace flag, no perf trace
+ *                buffer), the cheaper attachment a future collector could
+ *                use on a kernel that allows it; tracepoint_cost.sh says
+ *                whether this one does
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -36,4 +41,8 @@ EMPTY("tracepoint/syscalls/sys_enter_close", enter_close)
 #elif defined(SET_RAW)
 EMPTY("raw_tp/sys_enter", raw_enter)
 EMPTY("raw_tp/sys_exit", raw_exit)
+#elif defined(SET_FENTRY)
+EMPTY("fexit/do_sys_openat2", exit_openat)
+EMPTY("fexit/ksys_read", exit_read)
+EMPTY("fentry/close_fd", enter_close)
 #endif
