@@ -49,7 +49,8 @@ pub struct Args {
     )]
     pub watch: Option<Vec<PathBuf>>,
 
-    /// Report only these uids (comma-separated). Exclusive with --exclude-uids.
+    /// Report only these uids (comma-separated). Exclusive with
+    /// --exclude-uids; either one replaces both of the file's uid keys.
     #[arg(
         long,
         env = "VIGIL_INCLUDE_UIDS",
@@ -69,7 +70,7 @@ pub struct Args {
 
     /// Report only tasks in these cgroup v2 directories (e.g.
     /// /sys/fs/cgroup/system.slice/ehr.service). Exclusive with
-    /// --exclude-cgroups.
+    /// --exclude-cgroups; either one replaces both of the file's cgroup keys.
     #[arg(
         long,
         env = "VIGIL_INCLUDE_CGROUPS",
@@ -190,13 +191,13 @@ impl Config {
     fn merge(args: Args, file: FileConfig) -> Result<Config> {
         let uids = scope(
             "uids",
-            args.include_uids.or(file.include_uids),
-            args.exclude_uids.or(file.exclude_uids),
+            (args.include_uids, args.exclude_uids),
+            (file.include_uids, file.exclude_uids),
         )?;
         let cgroups = scope(
             "cgroups",
-            args.include_cgroups.or(file.include_cgroups),
-            args.exclude_cgroups.or(file.exclude_cgroups),
+            (args.include_cgroups, args.exclude_cgroups),
+            (file.include_cgroups, file.exclude_cgroups),
         )?;
         let ringbuf_bytes = args.ringbuf_bytes.or(file.ringbuf_bytes).unwrap_or(8 << 20);
         if !ringbuf_bytes.is_power_of_two() || ringbuf_bytes < 4096 {
@@ -213,6 +214,15 @@ impl Config {
                 "watched path {} must be absolute",
                 relative.display()
             )));
+        }
+        let stats_interval = args
+            .stats_interval
+            .or(file.stats_interval)
+            .unwrap_or(Duration::from_secs(1));
+        if stats_interval.is_zero() {
+            return Err(Error::Setting(
+                "stats_interval must be longer than 0, like 1s or 500ms".to_owned(),
+            ));
         }
         Ok(Config {
             brokers: args
@@ -232,10 +242,7 @@ impl Config {
                 .or(file.queue_capacity)
                 .unwrap_or(100_000)
                 .max(1),
-            stats_interval: args
-                .stats_interval
-                .or(file.stats_interval)
-                .unwrap_or(Duration::from_secs(1)),
+            stats_interval,
             flush_timeout: args
                 .flush_timeout
                 .or(file.flush_timeout)
@@ -260,7 +267,17 @@ fn read_file(path: &Path) -> Result<FileConfig> {
     })
 }
 
-fn scope<T>(what: &str, include: Option<Vec<T>>, exclude: Option<Vec<T>>) -> Result<Scope<T>> {
+/// One scope from its (include, exclude) pair in flags and environment and
+/// in the file. The pair is one setting: flags or environment giving either
+/// half replace both of the file's, so `--include-uids` overrides a file's
+/// `exclude_uids` instead of clashing with it.
+type ScopePair<T> = (Option<Vec<T>>, Option<Vec<T>>);
+fn scope<T>(what: &str, args: ScopePair<T>, file: ScopePair<T>) -> Result<Scope<T>> {
+    let (include, exclude) = if args.0.is_some() || args.1.is_some() {
+        args
+    } else {
+        file
+    };
     match (include, exclude) {
         (Some(_), Some(_)) => Err(Error::Setting(format!(
             "include_{what} and exclude_{what} cannot both be set"
@@ -325,6 +342,24 @@ mod tests {
         let args = Args::parse_from(["collector", "--include-uids", "1", "--exclude-uids", "2"]);
         let error = Config::merge(args, FileConfig::default()).expect_err("conflict");
         assert!(error.to_string().contains("cannot both be set"), "{error}");
+    }
+
+    #[test]
+    fn a_flag_scope_replaces_the_file_scope_of_the_other_kind() {
+        let args = Args::parse_from(["collector", "--include-uids", "1000"]);
+        let config = Config::merge(args, file("exclude_uids = [0]\n")).expect("flag wins");
+        assert_eq!(config.uids, Scope::Only(vec![1000]));
+        let config = Config::merge(Args::default(), file("exclude_uids = [0]\n")).expect("file");
+        assert_eq!(config.uids, Scope::AllBut(vec![0]));
+        let both = file("include_uids = [1]\nexclude_uids = [2]\n");
+        assert!(Config::merge(Args::default(), both).is_err());
+    }
+
+    #[test]
+    fn a_zero_stats_interval_is_refused() {
+        let args = Args::parse_from(["collector", "--stats-interval", "0s"]);
+        let error = Config::merge(args, FileConfig::default()).expect_err("zero");
+        assert!(error.to_string().contains("stats_interval"), "{error}");
     }
 
     #[test]
