@@ -193,7 +193,10 @@ pub fn parse_header(file: &Path, text: &str) -> Result<RuleHeader, RuleError> {
     }
     let mitre: Vec<String> = mitre.split(',').map(|t| t.trim().to_owned()).collect();
     if let Some(bad) = mitre.iter().find(|t| {
-        !(t.len() >= 5 && t.starts_with('T') && t[1..5].chars().all(|c| c.is_ascii_digit()))
+        // By characters, not bytes: a typo like `T10–5` must be refused, not
+        // split inside the dash.
+        let mut chars = t.chars();
+        !(chars.next() == Some('T') && chars.take(4).filter(char::is_ascii_digit).count() == 4)
     }) {
         return Err(error(
             Some(mitre_line),
@@ -590,6 +593,12 @@ mod tests {
         let err = parse_header(Path::new("bulk.sql"), &bad).expect_err("typo");
         assert_eq!(err.line, Some(7));
         assert!(err.reason.contains("windw"), "{err}");
+
+        for typo in ["T10–5", "T100é", "T1", "t1005"] {
+            let bad = GOOD.replace("mitre: T1005", &format!("mitre: T1005, {typo}"));
+            let err = parse_header(Path::new("bulk.sql"), &bad).expect_err(typo);
+            assert_eq!(err.line, Some(5), "{typo}: {err}");
+        }
 
         let err = parse_header(Path::new("other.sql"), GOOD).expect_err("id vs file");
         assert!(err.reason.contains("file name"), "{err}");
