@@ -224,13 +224,18 @@ impl Baseline {
                 self.rolling = vec![(i64::MIN, 0, 0); ROLLING_MINUTES];
             }
             let slot = &mut self.rolling[minute.rem_euclid(ROLLING_MINUTES as i64) as usize];
-            if slot.0 != minute {
+            // A slot already holding a later minute means this event is older
+            // than the window (a late arrival, say a collector's backlog): it
+            // must not wipe the later minute's counts.
+            if slot.0 < minute {
                 *slot = (minute, 0, 0);
             }
-            if contribution.is_open {
-                slot.1 += 1;
+            if slot.0 == minute {
+                if contribution.is_open {
+                    slot.1 += 1;
+                }
+                slot.2 += contribution.bytes_read;
             }
-            slot.2 += contribution.bytes_read;
         }
 
         let day = time_unix_ns.div_euclid(NS_PER_DAY);
@@ -374,6 +379,20 @@ mod tests {
         assert_eq!(b.rolling(t0 + 14 * NS_PER_MINUTE).0, 30);
         assert_eq!(b.rolling(t0 + 15 * NS_PER_MINUTE).0, 28);
         assert_eq!(b.rolling(t0 + 40 * NS_PER_MINUTE).0, 0);
+    }
+
+    #[test]
+    fn a_late_event_does_not_wipe_the_rolling_window() {
+        let mut b = Baseline::default();
+        let t0 = 1_795_392_000_i64 * 1_000_000_000;
+        let now = t0 + 20 * NS_PER_MINUTE;
+        for _ in 0..5 {
+            b.add(now, phi_open("/phi/x"));
+        }
+        // Fifteen minutes older, it lands on the same slot as `now`.
+        b.add(now - 15 * NS_PER_MINUTE, phi_open("/phi/y"));
+        assert_eq!(b.rolling(now).0, 5);
+        assert_eq!(b.rolling(now - 15 * NS_PER_MINUTE).0, 0);
     }
 
     #[test]
