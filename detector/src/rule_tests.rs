@@ -135,6 +135,8 @@ struct EventGroup {
     dst_port: Option<i32>,
     bytes: Option<i64>,
     errno: Option<i32>,
+    /// Open flags (0 for opens when not given).
+    flags: Option<i32>,
     target_id: Option<i64>,
 }
 
@@ -205,7 +207,7 @@ fn event_from(
         cgroup_id: 1,
         path: fill(&group.path),
         new_path: fill(&group.new_path),
-        flags: matches!(kind, Kind::Open).then_some(0),
+        flags: group.flags.or(matches!(kind, Kind::Open).then_some(0)),
         family: group.dst_addr.as_ref().map(|a| {
             if a.contains(':') {
                 SocketFamily::Inet6
@@ -262,6 +264,7 @@ fn preset_events(preset: &Preset, end_ns: i64) -> std::result::Result<Vec<Event>
         dst_port: preset.dst_port,
         bytes: None,
         errno: None,
+        flags: None,
         target_id: None,
     };
     let days: Vec<usize> = match &preset.weekdays {
