@@ -326,23 +326,6 @@ static __always_inline bool all_in_bitmap(const struct owned *owned)
 	       __builtin_popcountll(owned->low[0]) + __builtin_popcountll(owned->low[1]);
 }
 
-/* Adds a watched descriptor (or replaces one whose close was not seen) and
- * counts it for its owner. */
-static __always_inline void track_file(__u64 key, struct vigil_tracked *file)
-{
-	if (bpf_map_update_elem(&open_files, &key, file, BPF_NOEXIST) == 0)
-		count_owned(key, 1);
-	else
-		bpf_map_update_elem(&open_files, &key, file, BPF_ANY);
-}
-
-/* Drops a watched descriptor and uncounts it. */
-static __always_inline void untrack_file(__u64 key)
-{
-	if (bpf_map_delete_elem(&open_files, &key) == 0)
-		count_owned(key, -1);
-}
-
 /* Puts "/name" in front of the path being built at pos; the new start, or
  * -1 when it does not fit in a record's path. */
 static __always_inline long prepend(char *buf, long pos, const void *name, __u32 len)
@@ -589,6 +572,48 @@ static __always_inline void emit_rollup(const struct vigil_record *src, __u32 ki
 	emit_as(src, kind, bytes);
 }
 
+/* The read and write roll-ups of a watched descriptor so far. */
+static __always_inline void emit_file_rollups(struct vigil_tracked *file)
+{
+	if (file->read_bytes)
+		emit_rollup(&file->rec, VIGIL_KIND_READ, file->read_bytes);
+	if (file->write_bytes)
+		emit_rollup(&file->rec, VIGIL_KIND_WRITE, file->write_bytes);
+}
+
+/* Adds a watched descriptor and counts it for its owner. An entry already
+ * there is one whose close was not seen (the descriptor number was reused):
+ * its bytes are reported before it is replaced. */
+static __always_inline void track_file(__u64 key, struct vigil_tracked *file)
+{
+	if (bpf_map_update_elem(&open_files, &key, file, BPF_NOEXIST) == 0) {
+		count_owned(key, 1);
+		return;
+	}
+	struct vigil_tracked *stale = bpf_map_lookup_elem(&open_files, &key);
+	if (stale)
+		emit_file_rollups(stale);
+	bpf_map_update_elem(&open_files, &key, file, BPF_ANY);
+}
+
+/* Drops a watched descriptor and uncounts it. */
+static __always_inline void untrack_file(__u64 key)
+{
+	if (bpf_map_delete_elem(&open_files, &key) == 0)
+		count_owned(key, -1);
+}
+
+/* A descriptor that was closed without a close(2) we saw: its bytes are
+ * reported and its entry dropped, if it has one. */
+static __always_inline void forget_file(__u64 key)
+{
+	struct vigil_tracked *file = bpf_map_lookup_elem(&open_files, &key);
+	if (!file)
+		return;
+	emit_file_rollups(file);
+	untrack_file(key);
+}
+
 /* Stages the scratch record for this thread's syscall exit. */
 static __always_inline int stage(struct scratch *s)
 {
@@ -708,8 +733,12 @@ static __always_inline int finish(__s64 ret)
 			bpf_map_delete_elem(&inflight, &tid);
 			return 0;
 		}
-		/* 115 = EINPROGRESS: a non-blocking connect under way */
-		if (sk && (rec->err == 0 || rec->err == 115)) {
+		/* 115 = EINPROGRESS: a non-blocking connect under way. Only TCP
+		 * sockets: the byte totals come at their close
+		 * (inet_sock_set_state), which a UDP socket never reaches, so
+		 * its entry would only push real connections out. */
+		if (sk && (rec->err == 0 || rec->err == 115) &&
+		    BPF_CORE_READ(sk, sk_protocol) == IPPROTO_TCP) {
 			__u64 key = (__u64)sk;
 			bpf_map_update_elem(&connections, &key, slot, BPF_ANY);
 		}
@@ -721,48 +750,24 @@ static __always_inline int finish(__s64 ret)
 
 /* ---- process ----------------------------------------------------------- */
 
-SEC("tracepoint/sched/sched_process_exec")
-int vigil_exec(struct trace_event_raw_sched_process_exec *ctx)
-{
-	if (!task_in_scope())
-		return 0;
-	struct scratch *s = get_scratch();
-	if (!s)
-		return 0;
-	struct vigil_record *rec = &s->slot.rec;
-	fill_header(rec, VIGIL_KIND_EXEC);
-	__u32 offset = ctx->__data_loc_filename & 0xffff;
-	bpf_probe_read_kernel_str(rec->path, sizeof(rec->path), (void *)ctx + offset);
-
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	__u64 start = BPF_CORE_READ(task, mm, arg_start);
-	__u64 end = BPF_CORE_READ(task, mm, arg_end);
-	__u64 len = end > start ? end - start : 0;
-	if (len > VIGIL_PATH_LEN)
-		len = VIGIL_PATH_LEN;
-	rec->args_len = 0;
-	if (len > 0 && bpf_probe_read_user(rec->path2, len, (void *)start) == 0)
-		rec->args_len = len;
-	emit(rec);
-	return 0;
-}
-
 struct sweep_ctx {
 	__u32 tgid;
+	bool only_closed;
 };
 
 /* bpf_for_each_map_elem callback: the roll-ups of one descriptor of an
- * exiting process, which the kernel closes without a close(2). */
+ * exiting process, which the kernel closes without a close(2), or, with
+ * only_closed, of one the running process no longer has open. */
 static long sweep_descriptor(void *map, __u64 *key, struct vigil_tracked *file,
 			     struct sweep_ctx *ctx)
 {
 	if ((*key >> 32) != ctx->tgid)
 		return 0;
-	if (file->read_bytes)
-		emit_rollup(&file->rec, VIGIL_KIND_READ, file->read_bytes);
-	if (file->write_bytes)
-		emit_rollup(&file->rec, VIGIL_KIND_WRITE, file->write_bytes);
-	bpf_map_delete_elem(map, key);
+	if (ctx->only_closed && file_of_fd((__u32)*key))
+		return 0;
+	emit_file_rollups(file);
+	if (bpf_map_delete_elem(map, key) == 0 && ctx->only_closed)
+		count_owned(*key, -1);
 	return 0;
 }
 
@@ -790,15 +795,17 @@ static long inherit_descriptor(void *map, __u64 *key, struct vigil_tracked *file
 	return 0;
 }
 
-/* The roll-ups of an exiting owner's descriptors, and their entries gone:
- * by its bitmap when it covers them all, otherwise by a walk. */
-static __always_inline void sweep_owner(__u32 owner)
+/* The roll-ups of an owner's descriptors, and their entries gone: all of
+ * them for an exiting owner, or with only_closed those the running process
+ * no longer has open (closed by exec's close-on-exec or by close_range).
+ * By its bitmap when it covers them all, otherwise by a walk. */
+static __always_inline void sweep_owner(__u32 owner, bool only_closed)
 {
 	struct owned *owned = owned_files(owner);
 	if (!owned)
 		return;
 	if (!all_in_bitmap(owned)) {
-		struct sweep_ctx sweep = {.tgid = owner};
+		struct sweep_ctx sweep = {.tgid = owner, .only_closed = only_closed};
 		bpf_for_each_map_elem(&open_files, sweep_descriptor, &sweep, 0);
 		return;
 	}
@@ -806,15 +813,17 @@ static __always_inline void sweep_owner(__u32 owner)
 	for (__u32 fd = 0; fd < OWNED_BITS; fd++) {
 		if (!((low[(fd >> 6) & 1] >> (fd & 63)) & 1))
 			continue;
+		if (only_closed && file_of_fd(fd))
+			continue;
 		__u64 key = ((__u64)owner << 32) | fd;
 		struct vigil_tracked *file = bpf_map_lookup_elem(&open_files, &key);
 		if (!file)
 			continue;
-		if (file->read_bytes)
-			emit_rollup(&file->rec, VIGIL_KIND_READ, file->read_bytes);
-		if (file->write_bytes)
-			emit_rollup(&file->rec, VIGIL_KIND_WRITE, file->write_bytes);
-		bpf_map_delete_elem(&open_files, &key);
+		emit_file_rollups(file);
+		if (only_closed)
+			untrack_file(key);
+		else
+			bpf_map_delete_elem(&open_files, &key);
 	}
 }
 
@@ -850,14 +859,73 @@ static __always_inline void inherit_owner(__u32 parent, __u32 child)
 	}
 }
 
+SEC("tracepoint/sched/sched_process_exec")
+int vigil_exec(struct trace_event_raw_sched_process_exec *ctx)
+{
+	/* exec has closed the close-on-exec descriptors without a close(2);
+	 * the new program must not inherit their entries */
+	sweep_owner(bpf_get_current_pid_tgid() >> 32, true);
+	if (!task_in_scope())
+		return 0;
+	struct scratch *s = get_scratch();
+	if (!s)
+		return 0;
+	struct vigil_record *rec = &s->slot.rec;
+	fill_header(rec, VIGIL_KIND_EXEC);
+	__u32 offset = ctx->__data_loc_filename & 0xffff;
+	bpf_probe_read_kernel_str(rec->path, sizeof(rec->path), (void *)ctx + offset);
+
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	__u64 start = BPF_CORE_READ(task, mm, arg_start);
+	__u64 end = BPF_CORE_READ(task, mm, arg_end);
+	__u64 len = end > start ? end - start : 0;
+	if (len > VIGIL_PATH_LEN)
+		len = VIGIL_PATH_LEN;
+	rec->args_len = 0;
+	if (len > 0 && bpf_probe_read_user(rec->path2, len, (void *)start) == 0)
+		rec->args_len = len;
+	emit(rec);
+	return 0;
+}
+
+#define CLONE_THREAD 0x00010000
+#define NR_CLONE 56 /* x86-64 */
+#define NR_CLONE3 435
+
+/* True when the fork under way makes a thread of the running process
+ * (clone or clone3 with CLONE_THREAD). The tracepoint does not say, so the
+ * flags are read from the syscall's arguments. */
+static __always_inline bool forking_a_thread(void)
+{
+#if defined(__TARGET_ARCH_x86)
+	struct pt_regs *regs = syscall_regs();
+	long nr = regs->orig_ax;
+	/* read once: two reads on two paths get merged into one load that the
+	 * verifier refuses */
+	__u64 first = PT_REGS_PARM1_SYSCALL(regs);
+	__u64 flags = 0;
+	if (nr == NR_CLONE)
+		flags = first; /* clone(flags, ...) */
+	else if (nr == NR_CLONE3)
+		bpf_probe_read_user(&flags, sizeof(flags), (void *)first); /* clone_args.flags */
+	return flags & CLONE_THREAD;
+#else
+	return false;
+#endif
+}
+
 /* fork: the child's reads of an inherited watched descriptor (a shell's
- * `cat < /phi/x`) are counted under the child's pid. A new thread gets a
- * copy keyed by its thread id that is never used and is dropped when the
- * thread exits. */
+ * `cat < /phi/x`) are counted under the child's pid. A new thread shares
+ * the process's descriptors and entries, so it gets no copies: a process
+ * with many threads would otherwise fill open_files with copies nobody
+ * reads. (Older collectors made them; a thread's exit still drops any.) */
 SEC("tracepoint/sched/sched_process_fork")
 int vigil_fork(struct trace_event_raw_sched_process_fork *ctx)
 {
-	inherit_owner(bpf_get_current_pid_tgid() >> 32, ctx->child_pid);
+	__u32 parent = bpf_get_current_pid_tgid() >> 32;
+	if (!owned_files(parent) || forking_a_thread())
+		return 0;
+	inherit_owner(parent, ctx->child_pid);
 	return 0;
 }
 
@@ -873,14 +941,14 @@ int vigil_exit(struct trace_event_raw_sched_process_exit *ctx)
 	__u32 tid = (__u32)pid_tgid;
 	if (tid != (pid_tgid >> 32) && bpf_map_lookup_elem(&files_owners, &tid)) {
 		/* a thread: drop the copies fork made under its thread id */
-		sweep_owner(tid);
+		sweep_owner(tid, false);
 		bpf_map_delete_elem(&files_owners, &tid);
 	}
 	if (!last_thread)
 		return 0;
 	__u32 tgid = pid_tgid >> 32;
 	if (bpf_map_lookup_elem(&files_owners, &tgid)) {
-		sweep_owner(tgid);
+		sweep_owner(tgid, false);
 		bpf_map_delete_elem(&files_owners, &tgid);
 	}
 
@@ -913,8 +981,13 @@ static __always_inline int open_exit(__s64 ret, long dfd, const char *upath, __s
 	if (!s)
 		return 0;
 	struct vigil_record *rec = &s->slot.rec;
-	if (!path_in_scope(s, rec->path, upath, dfd, ret))
+	if (!path_in_scope(s, rec->path, upath, dfd, ret)) {
+		/* a new descriptor on a number still tracked: the watched file
+		 * there was closed in a way we did not see */
+		if (ret >= 0)
+			forget_file(fd_key(ret));
 		return 0;
+	}
 	rec->path2[0] = 0;
 	fill_header(rec, VIGIL_KIND_OPEN);
 	rec->dirfd = (__s32)dfd;
@@ -966,23 +1039,14 @@ int vigil_exit_openat2(struct sys_exit_ctx *ctx)
 			 (const char *)PT_REGS_PARM2_SYSCALL(regs), how.flags, how.mode);
 }
 
-/* The read and write roll-ups of a watched descriptor so far. */
-static __always_inline void emit_file_rollups(struct vigil_tracked *file)
-{
-	if (file->read_bytes)
-		emit_rollup(&file->rec, VIGIL_KIND_READ, file->read_bytes);
-	if (file->write_bytes)
-		emit_rollup(&file->rec, VIGIL_KIND_WRITE, file->write_bytes);
-}
-
 /* read/write family, at exit: the bytes moved on a watched descriptor (the
  * first argument) are added to its roll-up. Other descriptors cost one
  * lookup. */
-static __always_inline int io_exit(__s64 ret, bool is_write)
+static __always_inline int io_exit(__s64 ret, __u64 fd, bool is_write)
 {
 	if (ret <= 0)
 		return 0;
-	__u64 key = fd_key(PT_REGS_PARM1_SYSCALL(syscall_regs()));
+	__u64 key = fd_key(fd);
 	struct vigil_tracked *file = bpf_map_lookup_elem(&open_files, &key);
 	if (!file)
 		return 0;
@@ -1002,18 +1066,58 @@ static __always_inline int io_exit(__s64 ret, bool is_write)
 	return 0;
 }
 
-SEC("tracepoint/syscalls/sys_exit_read")
-int vigil_exit_read(struct sys_exit_ctx *ctx) { return io_exit(ctx->ret, false); }
-SEC("tracepoint/syscalls/sys_exit_pread64")
-int vigil_exit_pread64(struct sys_exit_ctx *ctx) { return io_exit(ctx->ret, false); }
-SEC("tracepoint/syscalls/sys_exit_readv")
-int vigil_exit_readv(struct sys_exit_ctx *ctx) { return io_exit(ctx->ret, false); }
-SEC("tracepoint/syscalls/sys_exit_write")
-int vigil_exit_write(struct sys_exit_ctx *ctx) { return io_exit(ctx->ret, true); }
-SEC("tracepoint/syscalls/sys_exit_pwrite64")
-int vigil_exit_pwrite64(struct sys_exit_ctx *ctx) { return io_exit(ctx->ret, true); }
-SEC("tracepoint/syscalls/sys_exit_writev")
-int vigil_exit_writev(struct sys_exit_ctx *ctx) { return io_exit(ctx->ret, true); }
+/* Syscalls that move bytes through one descriptor, their first argument. */
+#define IO_EXIT(name, is_write)                                                  \
+	SEC("tracepoint/syscalls/sys_exit_" #name)                               \
+	int vigil_exit_##name(struct sys_exit_ctx *ctx)                          \
+	{                                                                        \
+		return io_exit(ctx->ret, PT_REGS_PARM1_SYSCALL(syscall_regs()), is_write); \
+	}
+IO_EXIT(read, false)
+IO_EXIT(pread64, false)
+IO_EXIT(readv, false)
+IO_EXIT(preadv, false)
+IO_EXIT(preadv2, false)
+IO_EXIT(write, true)
+IO_EXIT(pwrite64, true)
+IO_EXIT(writev, true)
+IO_EXIT(pwritev, true)
+IO_EXIT(pwritev2, true)
+
+/* Syscalls that move bytes from one descriptor to another inside the
+ * kernel - how cp (copy_file_range) and Python's shutil (sendfile) copy a
+ * file: the bytes count as read on the source and written on the
+ * destination. */
+static __always_inline int copy_exit(__s64 ret, __u64 from, __u64 to)
+{
+	io_exit(ret, from, false);
+	io_exit(ret, to, true);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_sendfile64")
+int vigil_exit_sendfile64(struct sys_exit_ctx *ctx)
+{
+	/* sendfile(out_fd, in_fd, offset, count) */
+	struct pt_regs *regs = syscall_regs();
+	return copy_exit(ctx->ret, PT_REGS_PARM2_SYSCALL(regs), PT_REGS_PARM1_SYSCALL(regs));
+}
+
+SEC("tracepoint/syscalls/sys_exit_copy_file_range")
+int vigil_exit_copy_file_range(struct sys_exit_ctx *ctx)
+{
+	/* copy_file_range(fd_in, off_in, fd_out, off_out, len, flags) */
+	struct pt_regs *regs = syscall_regs();
+	return copy_exit(ctx->ret, PT_REGS_PARM1_SYSCALL(regs), PT_REGS_PARM3_SYSCALL(regs));
+}
+
+SEC("tracepoint/syscalls/sys_exit_splice")
+int vigil_exit_splice(struct sys_exit_ctx *ctx)
+{
+	/* splice(fd_in, off_in, fd_out, off_out, len, flags) */
+	struct pt_regs *regs = syscall_regs();
+	return copy_exit(ctx->ret, PT_REGS_PARM1_SYSCALL(regs), PT_REGS_PARM3_SYSCALL(regs));
+}
 
 /* dup family, at exit: a copy of a watched descriptor is watched too (shells
  * redirect with dup2, so `cat < /phi/x` reads from a duplicate). */
@@ -1083,6 +1187,16 @@ int vigil_enter_close(struct sys_enter_ctx *ctx)
 		return 0;
 	emit_file_rollups(file);
 	untrack_file(key);
+	return 0;
+}
+
+/* close_range closes descriptors without a close(2) each: their roll-ups
+ * are reported once it returns. */
+SEC("tracepoint/syscalls/sys_exit_close_range")
+int vigil_exit_close_range(struct sys_exit_ctx *ctx)
+{
+	if (ctx->ret == 0)
+		sweep_owner(bpf_get_current_pid_tgid() >> 32, true);
 	return 0;
 }
 

@@ -69,3 +69,62 @@ async fn open_files_report_bytes_periodically_and_at_close() {
         "the rest at close; totals add up"
     );
 }
+
+/// Copies made inside the kernel (`copy_file_range`, as `cp` does;
+/// `sendfile`, as Python's `shutil` does) count as bytes read from the
+/// source and written to the destination, like a read and a write would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_kernel_copies_count_as_reads_and_writes() {
+    require_root();
+    let broker = TestBroker::start();
+    let topic = broker.topic("collector.copies", 1).await;
+    let watched = tempfile::tempdir().expect("watched temp dir");
+    let elsewhere = tempfile::tempdir().expect("non-watched temp dir");
+    let collector = Collector::start(broker.bootstrap(), &topic, watched.path(), &[]);
+    let source = watched.path().join("chart.txt");
+    std::fs::write(&source, vec![b'x'; 5000]).expect("write the source");
+    let copy = watched.path().join("chart-copy.txt");
+
+    // copy_file_range from one watched file to another.
+    {
+        let from = std::fs::File::open(&source).expect("open source");
+        let to = std::fs::File::create(&copy).expect("create copy");
+        let copied = nix::fcntl::copy_file_range(&from, None, &to, None, 5000).expect("copy");
+        assert_eq!(copied, 5000);
+    }
+    // sendfile from the watched file to one nobody watches.
+    {
+        let from = std::fs::File::open(&source).expect("open source");
+        let to = std::fs::File::create(elsewhere.path().join("out")).expect("create out");
+        let sent = nix::sys::sendfile::sendfile(&to, &from, None, 3000).expect("sendfile");
+        assert_eq!(sent, 3000);
+    }
+
+    let source_s = source.to_str().expect("utf-8").to_owned();
+    let copy_s = copy.to_str().expect("utf-8").to_owned();
+    let bytes_of = |events: &[common::Published], kind: Kind, path: &str| -> Vec<i64> {
+        events
+            .iter()
+            .filter(|p| p.event.kind == kind && p.event.path.as_deref() == Some(path))
+            .filter_map(|p| p.event.bytes)
+            .collect()
+    };
+    let events = consume_until(
+        broker.bootstrap(),
+        &topic,
+        Duration::from_secs(20),
+        |events| bytes_of(events, Kind::Read, &source_s).len() >= 2,
+    )
+    .await;
+    collector.stop();
+    assert_eq!(
+        bytes_of(&events, Kind::Read, &source_s),
+        vec![5000, 3000],
+        "the source's reads: copy_file_range then sendfile"
+    );
+    assert_eq!(
+        bytes_of(&events, Kind::Write, &copy_s),
+        vec![5000],
+        "the watched destination's write"
+    );
+}
