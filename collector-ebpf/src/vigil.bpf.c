@@ -447,18 +447,14 @@ static __always_inline bool read_path(struct scratch *s, char *dst, const char *
 
 /* Fills the fields every record carries, from the current task (through
  * its BTF pointer: plain loads, no probe reads). */
-static __always_inline void fill_header(struct vigil_record *rec, __u32 kind)
+/* Who is doing it: the running task's ids, credentials, cgroup and comm. */
+static __always_inline void fill_identity(struct vigil_record *rec)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u64 uid_gid = bpf_get_current_uid_gid();
 
-	rec->ktime_ns = bpf_ktime_get_ns();
 	rec->cgroup_id = bpf_get_current_cgroup_id();
-	rec->bytes = 0;
-	rec->target = -1;
-	rec->kind = kind;
-	rec->err = 0;
 	rec->pid = pid_tgid >> 32;
 	rec->tid = (__u32)pid_tgid;
 	rec->ppid = task->real_parent->tgid;
@@ -468,6 +464,17 @@ static __always_inline void fill_header(struct vigil_record *rec, __u32 kind)
 	rec->auid = VIGIL_AUID_UNSET;
 	if (bpf_core_field_exists(task->loginuid))
 		rec->auid = task->loginuid.val;
+	bpf_get_current_comm(rec->comm, sizeof(rec->comm));
+}
+
+static __always_inline void fill_header(struct vigil_record *rec, __u32 kind)
+{
+	fill_identity(rec);
+	rec->ktime_ns = bpf_ktime_get_ns();
+	rec->bytes = 0;
+	rec->target = -1;
+	rec->kind = kind;
+	rec->err = 0;
 	rec->flags = 0;
 	rec->mode = 0;
 	rec->args_len = 0;
@@ -479,7 +486,6 @@ static __always_inline void fill_header(struct vigil_record *rec, __u32 kind)
 	rec->reserved = 0;
 	__builtin_memset(rec->saddr, 0, sizeof(rec->saddr));
 	__builtin_memset(rec->daddr, 0, sizeof(rec->daddr));
-	bpf_get_current_comm(rec->comm, sizeof(rec->comm));
 }
 
 static __always_inline void count_drop(__u32 kind)
@@ -535,7 +541,8 @@ static __always_inline bool has_path2(const struct vigil_record *src)
 
 /* Copies a record into the ring buffer, as `kind` and with `bytes` when
  * kind is not 0 (a roll-up of a tracked record), or counts the loss. */
-static __always_inline void emit_as(const struct vigil_record *src, __u32 kind, __u64 bytes)
+static __always_inline void emit_as(const struct vigil_record *src, __u32 kind, __u64 bytes,
+				    bool by_current_task)
 {
 	struct vigil_record *rec;
 	__u64 size = has_path2(src) ? sizeof(*rec) : VIGIL_RECORD_SHORT;
@@ -552,6 +559,8 @@ static __always_inline void emit_as(const struct vigil_record *src, __u32 kind, 
 		count_drop(kind ? kind : src->kind);
 		return;
 	}
+	if (by_current_task)
+		fill_identity(rec);
 	if (kind) {
 		rec->kind = kind;
 		rec->bytes = bytes;
@@ -563,22 +572,27 @@ static __always_inline void emit_as(const struct vigil_record *src, __u32 kind, 
 /* Copies a finished record into the ring buffer, or counts the loss. */
 static __always_inline void emit(const struct vigil_record *src)
 {
-	emit_as(src, 0, 0);
+	emit_as(src, 0, 0, false);
 }
 
 /* Emits a copy of a tracked record with another kind and a byte count. */
 static __always_inline void emit_rollup(const struct vigil_record *src, __u32 kind, __u64 bytes)
 {
-	emit_as(src, kind, bytes);
+	emit_as(src, kind, bytes, false);
 }
 
-/* The read and write roll-ups of a watched descriptor so far. */
+/* The read and write roll-ups of a watched descriptor so far, as the
+ * running task's: every file roll-up is emitted by the process its entry is
+ * keyed by, which moved the bytes and need not be the one that opened the
+ * file (a forked child, or the program an exec started). Connection
+ * roll-ups keep the opener's: a socket's last state change can come in
+ * softirq context, under whatever task it interrupted. */
 static __always_inline void emit_file_rollups(struct vigil_tracked *file)
 {
 	if (file->read_bytes)
-		emit_rollup(&file->rec, VIGIL_KIND_READ, file->read_bytes);
+		emit_as(&file->rec, VIGIL_KIND_READ, file->read_bytes, true);
 	if (file->write_bytes)
-		emit_rollup(&file->rec, VIGIL_KIND_WRITE, file->write_bytes);
+		emit_as(&file->rec, VIGIL_KIND_WRITE, file->write_bytes, true);
 }
 
 /* Adds a watched descriptor and counts it for its owner. An entry already

@@ -236,6 +236,8 @@ async fn watched_activity_is_published_with_its_fields_and_unwatched_files_are_n
         e.kind == Kind::Read && path_is(e, &redirected)
     });
     assert_eq!(via_dup.bytes, Some(REDIRECTED as i64));
+    // Attributed to cat, which read it, not to the shell that opened it.
+    assert_eq!(via_dup.comm, "cat");
 
     let rename = expect("rename", &|e| e.kind == Kind::Rename && path_is(e, &chart));
     assert_eq!(rename.new_path.as_deref(), renamed.to_str());
