@@ -8,7 +8,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Collector, consume_until, require_root};
+use common::{Collector, bytes_of, consume_until, require_root};
 use vigil_schemas::Kind;
 use vigil_schemas::testkit::TestBroker;
 
@@ -50,13 +50,6 @@ async fn descriptors_closed_by_exec_are_not_inherited_by_the_new_program() {
     assert!(status.success(), "the perl script failed: {status}");
 
     let chart_s = chart.to_str().expect("utf-8").to_owned();
-    let reads_of_chart = |events: &[common::Published]| -> Vec<i64> {
-        events
-            .iter()
-            .filter(|p| p.event.kind == Kind::Read && p.event.path.as_deref() == Some(&chart_s))
-            .filter_map(|p| p.event.bytes)
-            .collect()
-    };
     // The process's exit comes after every roll-up of its descriptors,
     // right or wrong (paste, forked or exec'd by the shell, ends first).
     let events = consume_until(
@@ -78,7 +71,7 @@ async fn descriptors_closed_by_exec_are_not_inherited_by_the_new_program() {
         "no exit of perl's process {pid} within 20 s"
     );
     assert_eq!(
-        reads_of_chart(&events),
+        bytes_of(&events, Kind::Read, &chart_s),
         vec![64],
         "one roll-up of perl's 64 bytes, none of paste's"
     );

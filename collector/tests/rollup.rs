@@ -7,7 +7,7 @@ mod common;
 use std::io::Write;
 use std::time::Duration;
 
-use common::{Collector, consume_until, require_root};
+use common::{Collector, bytes_of, consume_until, require_root};
 use vigil_schemas::Kind;
 use vigil_schemas::testkit::TestBroker;
 
@@ -25,13 +25,7 @@ async fn open_files_report_bytes_periodically_and_at_close() {
     );
     let path = watched.path().join("journal.log");
     let path_s = path.to_str().expect("utf-8").to_owned();
-    let writes_of = |events: &[common::Published]| -> Vec<i64> {
-        events
-            .iter()
-            .filter(|p| p.event.kind == Kind::Write && p.event.path.as_deref() == Some(&path_s))
-            .filter_map(|p| p.event.bytes)
-            .collect()
-    };
+    let writes_of = |events: &[common::Published]| bytes_of(events, Kind::Write, &path_s);
 
     let mut file = std::fs::File::create(&path).expect("create");
     file.write_all(&[b'a'; 100]).expect("first write");
@@ -102,13 +96,6 @@ async fn in_kernel_copies_count_as_reads_and_writes() {
 
     let source_s = source.to_str().expect("utf-8").to_owned();
     let copy_s = copy.to_str().expect("utf-8").to_owned();
-    let bytes_of = |events: &[common::Published], kind: Kind, path: &str| -> Vec<i64> {
-        events
-            .iter()
-            .filter(|p| p.event.kind == kind && p.event.path.as_deref() == Some(path))
-            .filter_map(|p| p.event.bytes)
-            .collect()
-    };
     let events = consume_until(
         broker.bootstrap(),
         &topic,

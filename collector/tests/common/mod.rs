@@ -140,6 +140,16 @@ pub struct Published {
     pub event: Event,
 }
 
+/// The byte counts of the `kind` roll-ups of `path` among `events`, in
+/// order.
+pub fn bytes_of(events: &[Published], kind: vigil_schemas::Kind, path: &str) -> Vec<i64> {
+    events
+        .iter()
+        .filter(|p| p.event.kind == kind && p.event.path.as_deref() == Some(path))
+        .filter_map(|p| p.event.bytes)
+        .collect()
+}
+
 /// Consumes `topic` from the beginning until `done` says the events so far
 /// are enough, or `timeout` passes; returns what was read either way.
 pub async fn consume_until(
