@@ -809,6 +809,32 @@ static long inherit_descriptor(void *map, __u64 *key, struct vigil_tracked *file
 	return 0;
 }
 
+struct sweep_bits {
+	__u32 tgid;
+	bool only_closed;
+	__u64 low[OWNED_BITS / 64];
+};
+
+/* bpf_loop callback: sweep_descriptor for descriptor `fd` of an owner whose
+ * bitmap covers all its entries. */
+static long sweep_bit(__u64 fd, struct sweep_bits *ctx)
+{
+	if (fd >= OWNED_BITS || !((ctx->low[(fd >> 6) & 1] >> (fd & 63)) & 1))
+		return 0;
+	if (ctx->only_closed && file_of_fd(fd))
+		return 0;
+	__u64 key = ((__u64)ctx->tgid << 32) | fd;
+	struct vigil_tracked *file = bpf_map_lookup_elem(&open_files, &key);
+	if (!file)
+		return 0;
+	emit_file_rollups(file);
+	if (ctx->only_closed)
+		untrack_file(key);
+	else
+		bpf_map_delete_elem(&open_files, &key);
+	return 0;
+}
+
 /* The roll-ups of an owner's descriptors, and their entries gone: all of
  * them for an exiting owner, or with only_closed those the running process
  * no longer has open (closed by exec's close-on-exec or by close_range).
@@ -823,22 +849,15 @@ static __always_inline void sweep_owner(__u32 owner, bool only_closed)
 		bpf_for_each_map_elem(&open_files, sweep_descriptor, &sweep, 0);
 		return;
 	}
-	__u64 low[2] = {owned->low[0], owned->low[1]};
-	for (__u32 fd = 0; fd < OWNED_BITS; fd++) {
-		if (!((low[(fd >> 6) & 1] >> (fd & 63)) & 1))
-			continue;
-		if (only_closed && file_of_fd(fd))
-			continue;
-		__u64 key = ((__u64)owner << 32) | fd;
-		struct vigil_tracked *file = bpf_map_lookup_elem(&open_files, &key);
-		if (!file)
-			continue;
-		emit_file_rollups(file);
-		if (only_closed)
-			untrack_file(key);
-		else
-			bpf_map_delete_elem(&open_files, &key);
-	}
+	struct sweep_bits sweep = {
+		.tgid = owner,
+		.only_closed = only_closed,
+		.low = {owned->low[0], owned->low[1]},
+	};
+	/* bpf_loop, not an unrolled loop: the verifier checks the callback
+	 * once instead of once per descriptor and per call site, which took
+	 * seconds at load */
+	bpf_loop(OWNED_BITS, sweep_bit, &sweep, 0);
 }
 
 /* A new task's copies of its parent's descriptors: by the parent's bitmap
