@@ -617,8 +617,9 @@ static __always_inline void untrack_file(__u64 key)
 		count_owned(key, -1);
 }
 
-/* A descriptor that was closed without a close(2) we saw: its bytes are
- * reported and its entry dropped, if it has one. */
+/* A closed descriptor - by close(2), or in a way no program saw (dup2 onto
+ * it, a reused number): its bytes are reported and its entry dropped, if it
+ * has one. */
 static __always_inline void forget_file(__u64 key)
 {
 	struct vigil_tracked *file = bpf_map_lookup_elem(&open_files, &key);
@@ -767,21 +768,31 @@ static __always_inline int finish(__s64 ret)
 struct sweep_ctx {
 	__u32 tgid;
 	bool only_closed;
+	__u64 low[OWNED_BITS / 64]; /* the owner's bitmap, for sweep_bit */
 };
 
-/* bpf_for_each_map_elem callback: the roll-ups of one descriptor of an
- * exiting process, which the kernel closes without a close(2), or, with
- * only_closed, of one the running process no longer has open. */
+/* One entry of a sweep: its roll-ups, and the entry gone - unless only
+ * closed descriptors are swept and the running process still has this one
+ * open. An exiting owner's entries are just deleted: its files_owners entry
+ * goes right after. */
+static __always_inline void sweep_entry(__u64 key, struct vigil_tracked *file,
+					struct sweep_ctx *ctx)
+{
+	if (ctx->only_closed && file_of_fd((__u32)key))
+		return;
+	emit_file_rollups(file);
+	if (ctx->only_closed)
+		untrack_file(key);
+	else
+		bpf_map_delete_elem(&open_files, &key);
+}
+
+/* bpf_for_each_map_elem callback: sweep_entry for each entry of the owner. */
 static long sweep_descriptor(void *map, __u64 *key, struct vigil_tracked *file,
 			     struct sweep_ctx *ctx)
 {
-	if ((*key >> 32) != ctx->tgid)
-		return 0;
-	if (ctx->only_closed && file_of_fd((__u32)*key))
-		return 0;
-	emit_file_rollups(file);
-	if (bpf_map_delete_elem(map, key) == 0 && ctx->only_closed)
-		count_owned(*key, -1);
+	if ((*key >> 32) == ctx->tgid)
+		sweep_entry(*key, file, ctx);
 	return 0;
 }
 
@@ -809,29 +820,16 @@ static long inherit_descriptor(void *map, __u64 *key, struct vigil_tracked *file
 	return 0;
 }
 
-struct sweep_bits {
-	__u32 tgid;
-	bool only_closed;
-	__u64 low[OWNED_BITS / 64];
-};
-
-/* bpf_loop callback: sweep_descriptor for descriptor `fd` of an owner whose
- * bitmap covers all its entries. */
-static long sweep_bit(__u64 fd, struct sweep_bits *ctx)
+/* bpf_loop callback: sweep_entry for descriptor `fd` when the owner's
+ * bitmap has it. */
+static long sweep_bit(__u64 fd, struct sweep_ctx *ctx)
 {
 	if (fd >= OWNED_BITS || !((ctx->low[(fd >> 6) & 1] >> (fd & 63)) & 1))
 		return 0;
-	if (ctx->only_closed && file_of_fd(fd))
-		return 0;
 	__u64 key = ((__u64)ctx->tgid << 32) | fd;
 	struct vigil_tracked *file = bpf_map_lookup_elem(&open_files, &key);
-	if (!file)
-		return 0;
-	emit_file_rollups(file);
-	if (ctx->only_closed)
-		untrack_file(key);
-	else
-		bpf_map_delete_elem(&open_files, &key);
+	if (file)
+		sweep_entry(key, file, ctx);
 	return 0;
 }
 
@@ -844,16 +842,15 @@ static __always_inline void sweep_owner(__u32 owner, bool only_closed)
 	struct owned *owned = owned_files(owner);
 	if (!owned)
 		return;
-	if (!all_in_bitmap(owned)) {
-		struct sweep_ctx sweep = {.tgid = owner, .only_closed = only_closed};
-		bpf_for_each_map_elem(&open_files, sweep_descriptor, &sweep, 0);
-		return;
-	}
-	struct sweep_bits sweep = {
+	struct sweep_ctx sweep = {
 		.tgid = owner,
 		.only_closed = only_closed,
 		.low = {owned->low[0], owned->low[1]},
 	};
+	if (!all_in_bitmap(owned)) {
+		bpf_for_each_map_elem(&open_files, sweep_descriptor, &sweep, 0);
+		return;
+	}
 	/* bpf_loop, not an unrolled loop: the verifier checks the callback
 	 * once instead of once per descriptor and per call site, which took
 	 * seconds at load */
@@ -1163,11 +1160,7 @@ static __always_inline int dup_exit(__s64 ret, __u64 oldfd)
 	if (new_key == old_key)
 		return 0;
 	/* dup2 onto a watched descriptor closes it implicitly */
-	struct vigil_tracked *replaced = bpf_map_lookup_elem(&open_files, &new_key);
-	if (replaced) {
-		emit_file_rollups(replaced);
-		untrack_file(new_key);
-	}
+	forget_file(new_key);
 	struct vigil_tracked *file = bpf_map_lookup_elem(&open_files, &old_key);
 	if (!file)
 		return 0;
@@ -1214,12 +1207,7 @@ int vigil_exit_fcntl(struct sys_exit_ctx *ctx)
 SEC("tracepoint/syscalls/sys_enter_close")
 int vigil_enter_close(struct sys_enter_ctx *ctx)
 {
-	__u64 key = fd_key(ctx->args[0]);
-	struct vigil_tracked *file = bpf_map_lookup_elem(&open_files, &key);
-	if (!file)
-		return 0;
-	emit_file_rollups(file);
-	untrack_file(key);
+	forget_file(fd_key(ctx->args[0]));
 	return 0;
 }
 
