@@ -267,11 +267,13 @@ fn read_file(path: &Path) -> Result<FileConfig> {
     })
 }
 
-/// One scope from its (include, exclude) pair in flags and environment and
-/// in the file. The pair is one setting: flags or environment giving either
-/// half replace both of the file's, so `--include-uids` overrides a file's
-/// `exclude_uids` instead of clashing with it.
+/// A scope's (include, exclude) lists as one source gives them.
 type ScopePair<T> = (Option<Vec<T>>, Option<Vec<T>>);
+
+/// One scope from its pair in flags and environment and in the file. The
+/// pair is one setting: flags or environment giving either half replace
+/// both of the file's, so `--include-uids` overrides a file's
+/// `exclude_uids` instead of clashing with it.
 fn scope<T>(what: &str, args: ScopePair<T>, file: ScopePair<T>) -> Result<Scope<T>> {
     let (include, exclude) = if args.0.is_some() || args.1.is_some() {
         args
