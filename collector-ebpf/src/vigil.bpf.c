@@ -796,6 +796,19 @@ static long sweep_descriptor(void *map, __u64 *key, struct vigil_tracked *file,
 	return 0;
 }
 
+/* The child's copy of one of its parent's entries, descriptor `fd`, with
+ * counters of its own (built in the scratch slot). */
+static __always_inline void inherit_entry(struct scratch *s, const struct vigil_tracked *file,
+					  __u32 child, __u32 fd)
+{
+	__builtin_memcpy(&s->slot, file, sizeof(s->slot));
+	s->slot.read_bytes = 0;
+	s->slot.write_bytes = 0;
+	__u64 child_key = ((__u64)child << 32) | fd;
+	if (bpf_map_update_elem(&open_files, &child_key, &s->slot, BPF_NOEXIST) == 0)
+		count_owned(child_key, 1);
+}
+
 struct inherit_ctx {
 	__u32 parent;
 	__u32 child;
@@ -811,12 +824,7 @@ static long inherit_descriptor(void *map, __u64 *key, struct vigil_tracked *file
 	struct scratch *s = get_scratch();
 	if (!s)
 		return 1;
-	__builtin_memcpy(&s->slot, file, sizeof(s->slot));
-	s->slot.read_bytes = 0;
-	s->slot.write_bytes = 0;
-	__u64 child_key = ((__u64)ctx->child << 32) | (*key & 0xffffffffull);
-	if (bpf_map_update_elem(map, &child_key, &s->slot, BPF_NOEXIST) == 0)
-		count_owned(child_key, 1);
+	inherit_entry(s, file, ctx->child, (__u32)*key);
 	return 0;
 }
 
@@ -878,14 +886,8 @@ static __always_inline void inherit_owner(__u32 parent, __u32 child)
 			continue;
 		__u64 key = ((__u64)parent << 32) | fd;
 		struct vigil_tracked *file = bpf_map_lookup_elem(&open_files, &key);
-		if (!file)
-			continue;
-		__builtin_memcpy(&s->slot, file, sizeof(s->slot));
-		s->slot.read_bytes = 0;
-		s->slot.write_bytes = 0;
-		__u64 child_key = ((__u64)child << 32) | fd;
-		if (bpf_map_update_elem(&open_files, &child_key, &s->slot, BPF_NOEXIST) == 0)
-			count_owned(child_key, 1);
+		if (file)
+			inherit_entry(s, file, child, fd);
 	}
 }
 
