@@ -71,7 +71,7 @@ pub struct AlertsSummary {
     pub unreadable: u64,
 }
 
-fn utc_millis(ms: i64) -> String {
+pub(crate) fn utc_millis(ms: i64) -> String {
     let time = if ms >= 0 {
         UNIX_EPOCH + Duration::from_millis(ms as u64)
     } else {

@@ -90,6 +90,13 @@ pub struct RunArgs {
     /// mode (review topic) for the alert topic [default: 7].
     #[arg(long, env = "VIGIL_LEARNING_DAYS")]
     pub learning_days: Option<u32>,
+
+    /// How far, in milliseconds, an event's time may run ahead of the
+    /// detector's clock; later events go to the dead-letter topic instead
+    /// of into the baselines, as do events from before the year 2000
+    /// [default: 300000 (5 minutes)].
+    #[arg(long, env = "VIGIL_MAX_CLOCK_SKEW_MS")]
+    pub max_clock_skew_ms: Option<u64>,
 }
 
 /// The same settings in a file.
@@ -112,6 +119,7 @@ struct FileConfig {
     checkpoint_ms: Option<u64>,
     learning_days: Option<u32>,
     resume_exact: Option<bool>,
+    max_clock_skew_ms: Option<u64>,
 }
 
 /// Resolved settings of the detector service.
@@ -133,6 +141,8 @@ pub struct DetectorConfig {
     pub checkpoint_interval: Duration,
     pub learning_days: u32,
     pub resume_exact: bool,
+    /// Events further ahead of the detector's clock are dead-lettered.
+    pub max_clock_skew: Duration,
 }
 
 impl DetectorConfig {
@@ -158,6 +168,7 @@ impl DetectorConfig {
             checkpoint_interval: Duration::from_secs(1),
             learning_days: 7,
             resume_exact: false,
+            max_clock_skew: Duration::from_secs(300),
         }
     }
 
@@ -203,6 +214,9 @@ impl DetectorConfig {
             if let Some(exact) = file.resume_exact {
                 config.resume_exact = exact;
             }
+            if let Some(ms) = file.max_clock_skew_ms {
+                config.max_clock_skew = Duration::from_millis(ms);
+            }
         }
         macro_rules! from_args {
             ($($field:ident),*) => { $( if let Some(v) = args.$field.clone() { config.$field = v; } )* };
@@ -233,6 +247,9 @@ impl DetectorConfig {
         }
         if args.resume_exact {
             config.resume_exact = true;
+        }
+        if let Some(ms) = args.max_clock_skew_ms {
+            config.max_clock_skew = Duration::from_millis(ms);
         }
         if config.batch_rows == 0 {
             return Err(Error::Config {
@@ -265,7 +282,7 @@ mod tests {
         let file = dir.path().join("detector.toml");
         std::fs::write(
             &file,
-            "brokers = \"10.0.0.1:9092\"\ngroup = \"from-file\"\nbatch_rows = 64\nlinger_ms = 2\n",
+            "brokers = \"10.0.0.1:9092\"\ngroup = \"from-file\"\nbatch_rows = 64\nlinger_ms = 2\nmax_clock_skew_ms = 60000\n",
         )
         .expect("write");
         let args = RunArgs {
@@ -279,6 +296,7 @@ mod tests {
         assert_eq!(config.batch_rows, 64);
         assert_eq!(config.linger, Duration::from_millis(2));
         assert_eq!(config.events_topic, "vigil.events.v1");
+        assert_eq!(config.max_clock_skew, Duration::from_secs(60));
 
         let config = DetectorConfig::resolve(Some("127.0.0.2:9092"), &args).expect("resolves");
         assert_eq!(config.brokers, "127.0.0.2:9092", "flag beats file");

@@ -389,7 +389,8 @@ impl Pipeline {
             config.learning_days,
             &config.events_topic,
         )
-        .with_checkpoint_interval(config.checkpoint_interval);
+        .with_checkpoint_interval(config.checkpoint_interval)
+        .with_clock_check(config.max_clock_skew);
         Ok(Pipeline {
             config,
             consumer,

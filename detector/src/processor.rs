@@ -25,6 +25,11 @@ use crate::state::{ChainHead, StateStore, StateWrite};
 /// cleared and the state store answers again.
 const ALERTED_CACHE: usize = 100_000;
 
+/// 2000-01-01T00:00:00Z in nanoseconds: no collector event is older, so an
+/// earlier time is a host clock that lost its setting (or a corrupt
+/// record).
+const OLDEST_EVENT_NS: i64 = 946_684_800_000_000_000;
+
 /// One consumed record.
 #[derive(Debug, Clone)]
 pub struct Input {
@@ -110,6 +115,9 @@ pub struct Processor {
     last_checkpoint: Instant,
     /// Next offsets of the batches processed since the last checkpoint.
     deferred_offsets: BTreeMap<i32, i64>,
+    /// Events further ahead of the detector's clock are dead-lettered;
+    /// see [`Processor::with_clock_check`].
+    max_ahead: Option<Duration>,
 }
 
 impl Processor {
@@ -132,7 +140,44 @@ impl Processor {
             checkpoint_interval: Duration::ZERO,
             last_checkpoint: Instant::now(),
             deferred_offsets: BTreeMap::new(),
+            max_ahead: None,
         }
+    }
+
+    /// Dead-letters events stamped more than `max_ahead` after the time
+    /// the batch is processed, or before the year 2000, instead of learning
+    /// from them. Without it (the default, for rule tests and replays of
+    /// recorded streams) every event's time is taken as it is. An event
+    /// from a host whose clock runs a day ahead would otherwise fill hour
+    /// slots that real time has not reached, freeze that principal's hour
+    /// baselines until it does, and pin `minutes_since_escalation` at 0;
+    /// one from 1970 would end learning mode at once.
+    pub fn with_clock_check(mut self, max_ahead: Duration) -> Processor {
+        self.max_ahead = Some(max_ahead);
+        self
+    }
+
+    /// Why an event's time cannot be trusted, if it cannot.
+    fn implausible_time(&self, event: &Event, now_ns: i64) -> Option<String> {
+        let max_ahead = self.max_ahead?;
+        let time = event.time_unix_ns;
+        if time < OLDEST_EVENT_NS {
+            return Some(format!(
+                "event time {time} ns is before the year 2000; the clock of host `{}` is not set (or the record is corrupt)",
+                event.host
+            ));
+        }
+        let ahead = time.saturating_sub(now_ns);
+        let limit = i64::try_from(max_ahead.as_nanos()).unwrap_or(i64::MAX);
+        (ahead > limit).then(|| {
+            format!(
+                "event time {} is {} ahead of the detector's clock (more than the allowed {}); fix the clock of host `{}` or raise max_clock_skew_ms",
+                crate::alert_text::utc_millis(time.div_euclid(1_000_000)),
+                humantime::format_duration(Duration::from_secs((ahead / 1_000_000_000) as u64)),
+                humantime::format_duration(max_ahead),
+                event.host
+            )
+        })
     }
 
     /// Checkpoints baselines and consumed offsets at most once per
@@ -239,6 +284,10 @@ impl Processor {
             *next = (*next).max(input.offset + 1);
             match decode_input(&input) {
                 Ok(event) => {
+                    if let Some(error) = self.implausible_time(&event, now_ns) {
+                        output.dead_letters.push(DeadLetter { input, error });
+                        continue;
+                    }
                     let features = self.enricher.enrich(&event)?;
                     rows.push(Row {
                         event,

@@ -39,6 +39,11 @@ async fn events_become_alerts_review_items_audit_records_and_dead_letters() {
     wrong_key.event_id = "wrong-key".into();
     let payload = vigil_schemas::encode(&wrong_key);
     produce_raw(&broker, &topics.events, "mallory", &payload).await;
+    // Events from hosts with a wrong clock: a day ahead, and 1970.
+    let tomorrow = vigil_detector::pipeline::now_unix_ns() + DAY;
+    let ahead = file_event("dave", Kind::Open, "/srv/phi/d.json", tomorrow, 0);
+    let unset = file_event("dave", Kind::Open, "/srv/phi/d.json", 5_000_000_000, 1);
+    produce_events(&broker, &topics.events, &[ahead, unset]).await;
 
     let mut events = Vec::new();
     // Alice: a few opens on Monday (history), then 250 on Wednesday at 02:10.
@@ -85,8 +90,8 @@ async fn events_become_alerts_review_items_audit_records_and_dead_letters() {
     events.push(exec);
     produce_events(&broker, &topics.events, &events).await;
 
-    let dlq = read_topic(&broker, &topics.dlq, 2, SETTLE, TIMEOUT).await;
-    assert_eq!(dlq.len(), 2, "both bad records are dead letters");
+    let dlq = read_topic(&broker, &topics.dlq, 4, SETTLE, TIMEOUT).await;
+    assert_eq!(dlq.len(), 4, "all four bad records are dead letters");
     let header = |m: &rdkafka::message::OwnedMessage, key: &str| -> String {
         m.headers()
             .and_then(|h| h.iter().find(|h| h.key == key))
@@ -105,6 +110,16 @@ async fn events_become_alerts_review_items_audit_records_and_dead_letters() {
         errors
             .iter()
             .any(|e| e.contains("is not the event's principal")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("ahead of the detector's clock") && e.contains("host `ehr-01`")),
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().any(|e| e.contains("before the year 2000")),
         "{errors:?}"
     );
     for message in &dlq {
@@ -193,7 +208,7 @@ async fn events_become_alerts_review_items_audit_records_and_dead_letters() {
 
     shutdown.cancel();
     let counters = running.await.expect("task").expect("clean shutdown");
-    assert_eq!(counters.dead_letters, 2);
+    assert_eq!(counters.dead_letters, 4);
     assert_eq!(counters.audit, expected_audit as u64);
 }
 

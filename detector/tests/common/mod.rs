@@ -15,8 +15,9 @@ use vigil_schemas::testkit::TestBroker;
 use vigil_schemas::{Event, encode};
 
 pub const DAY: i64 = 86_400_000_000_000;
-/// Monday 2026-11-23 00:00 UTC.
-pub const MONDAY: i64 = 1_795_392_000_000_000_000;
+/// Monday 2026-11-09 00:00 UTC: tests add days to it, and the pipeline
+/// dead-letters events more than 5 minutes ahead of the clock.
+pub const MONDAY: i64 = 1_794_182_400_000_000_000;
 
 /// The topics of one detector under test.
 #[derive(Debug, Clone)]
