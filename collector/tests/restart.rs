@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{Collector, DurableBroker, Published, consume_all, consume_until, require_root};
+use common::{Collector, Published, consume_all, consume_until, require_root};
 use vigil_schemas::Kind;
+use vigil_schemas::testkit::TestBroker;
 
 const PER_BATCH: usize = 10;
 
@@ -40,10 +41,10 @@ fn opens_of(events: &[Published], files: &[PathBuf]) -> BTreeMap<String, usize> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_collected_while_the_broker_is_down_arrive_once_and_in_order() {
     require_root();
-    let mut broker = DurableBroker::start();
+    let mut broker = TestBroker::start_durable();
     let topic = "collector.restart";
-    broker.create_topic(topic).await;
-    let bootstrap = broker.bootstrap();
+    broker.create_topic(topic, 1).await;
+    let bootstrap = broker.bootstrap().to_owned();
     let watched = tempfile::tempdir().expect("watched temp dir");
     let collector = Collector::start(
         &bootstrap,

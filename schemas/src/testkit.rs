@@ -32,6 +32,8 @@ pub struct TestBroker {
     bootstrap: String,
     child: Option<Child>,
     log: Option<tempfile::NamedTempFile>,
+    /// The SQLite storage of a durable broker.
+    storage: Option<tempfile::TempDir>,
 }
 
 /// Finds the tansu binary, or says how to install it.
@@ -60,6 +62,15 @@ pub fn tansu_binary() -> PathBuf {
     );
 }
 
+/// The broker log opened for appending, so that stdout, stderr and a
+/// restarted broker add to it instead of overwriting each other.
+fn append(path: &std::path::Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open the broker log {}: {e}", path.display()))
+}
+
 fn free_loopback_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral loopback port");
     listener
@@ -77,34 +88,80 @@ impl TestBroker {
                 bootstrap,
                 child: None,
                 log: None,
+                storage: None,
             };
             broker.wait_until_ready();
             return broker;
         }
-        let tansu = tansu_binary();
+        TestBroker::private(None)
+    }
+
+    /// Starts a private broker with durable (SQLite) storage in a
+    /// temporary directory, which a test can [`stop`](TestBroker::stop)
+    /// and [`restart`](TestBroker::restart) with its data and on the same
+    /// port, to play a broker outage. Never a shared broker.
+    pub fn start_durable() -> TestBroker {
+        TestBroker::private(Some(
+            tempfile::tempdir().expect("create a temp dir for the broker's storage"),
+        ))
+    }
+
+    fn private(storage: Option<tempfile::TempDir>) -> TestBroker {
         let port = free_loopback_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let log = tempfile::NamedTempFile::new().expect("create a temp file for the broker log");
-        let stdout = log.reopen().expect("open broker log for stdout");
-        let stderr = log.reopen().expect("open broker log for stderr");
-        let child = Command::new(&tansu)
+        let mut broker = TestBroker {
+            bootstrap: format!("127.0.0.1:{port}"),
+            child: None,
+            log: Some(
+                tempfile::NamedTempFile::new().expect("create a temp file for the broker log"),
+            ),
+            storage,
+        };
+        broker.restart();
+        broker
+    }
+
+    /// Starts the broker process again after [`stop`](TestBroker::stop),
+    /// on the same port and (if durable) with the same data, and waits
+    /// until it answers.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "the broker is already running");
+        let log = self
+            .log
+            .as_ref()
+            .expect("only a private broker can be restarted");
+        let url = format!("tcp://{}", self.bootstrap);
+        let tansu = tansu_binary();
+        let mut command = Command::new(&tansu);
+        // tansu takes an SQLite path relative to its working directory.
+        let engine = match &self.storage {
+            Some(dir) => {
+                command.current_dir(dir.path());
+                "sqlite://tansu.db"
+            }
+            None => "memory://tansu/",
+        };
+        let child = command
             .arg("broker")
-            .args(["--storage-engine", "memory://tansu/"])
+            .args(["--storage-engine", engine])
             .args(["--listener-url", &url])
             .args(["--advertised-listener-url", &url])
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
+            .stdout(append(log.path()))
+            .stderr(append(log.path()))
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", tansu.display()));
-        let broker = TestBroker {
-            bootstrap: format!("127.0.0.1:{port}"),
-            child: Some(child),
-            log: Some(log),
-        };
-        broker.wait_until_ready();
-        broker
+        self.child = Some(child);
+        self.wait_until_ready();
+    }
+
+    /// Stops a private broker's process; a durable one keeps its data for
+    /// [`restart`](TestBroker::restart).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// `host:port` to give clients as `bootstrap.servers`.
@@ -204,10 +261,7 @@ impl TestBroker {
 
 impl Drop for TestBroker {
     fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.stop();
     }
 }
 
