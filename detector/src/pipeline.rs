@@ -136,6 +136,8 @@ pub struct Counters {
     pub review: u64,
     pub audit: u64,
     pub rule_errors: u64,
+    /// Transient consumer errors (see [`consume_error_is_fatal`]).
+    pub consume_errors: u64,
     /// Time spent processing batches (decode, baselines, rules, audit).
     pub process_time: Duration,
     /// Time spent handing outputs to the producer, including waits while
@@ -446,8 +448,15 @@ impl Pipeline {
                     // fetch response brings many at once), without waiting.
                     let mut next = Some(message);
                     while let Some(message) = next {
-                        let message = message.map_err(|e| Error::kafka("consume", e))?;
-                        Self::accept(&self.resume_at, &mut self.counters, &message, &mut pending);
+                        match message {
+                            Ok(message) => Self::accept(
+                                &self.resume_at,
+                                &mut self.counters,
+                                &message,
+                                &mut pending,
+                            ),
+                            Err(e) => self.consume_error(e)?,
+                        }
                         next = if pending.len() < self.config.batch_rows {
                             self.consumer.recv().now_or_never()
                         } else {
@@ -490,6 +499,7 @@ impl Pipeline {
             audit = c.audit,
             dead_letters = c.dead_letters,
             rule_errors = c.rule_errors,
+            consume_errors = c.consume_errors,
             process_ms = c.process_time.as_millis() as u64,
             publish_ms = c.publish_time.as_millis() as u64,
             settle_ms = c.settle_time.as_millis() as u64,
@@ -518,6 +528,19 @@ impl Pipeline {
                 tracing::error!(%error, "Role mapping refused; the previous one stays in force")
             }
         }
+    }
+
+    /// A consumer error: fatal ones end the service; the others (a broker
+    /// connection lost, a leader moving) are librdkafka reporting what it
+    /// retries by itself, so they are counted and logged and consuming goes
+    /// on from the same offsets.
+    fn consume_error(&mut self, error: KafkaError) -> Result<()> {
+        if consume_error_is_fatal(&error) {
+            return Err(Error::kafka("consume", error));
+        }
+        self.counters.consume_errors += 1;
+        tracing::warn!(%error, total = self.counters.consume_errors, "Consumer error; librdkafka retries");
+        Ok(())
     }
 
     /// Adds a consumed record to the pending batch, unless it is below the
@@ -786,10 +809,51 @@ impl Pipeline {
     }
 }
 
+/// Whether a consumer error ends the service: librdkafka's fatal errors
+/// (the consumer cannot go on) and authorization failures, which no retry
+/// mends. A topic or partition librdkafka cannot find is not fatal: it is
+/// also what a broker reports while a new topic is being created.
+pub(crate) fn consume_error_is_fatal(error: &KafkaError) -> bool {
+    match error {
+        KafkaError::MessageConsumptionFatal(_) => true,
+        KafkaError::MessageConsumption(code) => matches!(
+            code,
+            RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::GroupAuthorizationFailed
+                | RDKafkaErrorCode::Fatal
+        ),
+        _ => false,
+    }
+}
+
 /// Wall-clock now in nanoseconds since the epoch.
 pub fn now_unix_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_errors_no_retry_mends_end_the_service() {
+        for transient in [
+            RDKafkaErrorCode::BrokerTransportFailure,
+            RDKafkaErrorCode::AllBrokersDown,
+            RDKafkaErrorCode::NotLeaderForPartition,
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+        ] {
+            let error = KafkaError::MessageConsumption(transient);
+            assert!(!consume_error_is_fatal(&error), "{error}");
+        }
+        for fatal in [
+            KafkaError::MessageConsumptionFatal(RDKafkaErrorCode::Fatal),
+            KafkaError::MessageConsumption(RDKafkaErrorCode::TopicAuthorizationFailed),
+        ] {
+            assert!(consume_error_is_fatal(&fatal), "{fatal}");
+        }
+    }
 }

@@ -19,6 +19,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::{Value, json};
 use vigil_schemas::{bus, decode_any};
 
+use crate::pipeline::consume_error_is_fatal;
 use crate::{Error, Result};
 
 /// What to tail.
@@ -127,14 +128,24 @@ pub(crate) fn assigned_consumer(
 }
 
 /// The next message, or `None` when nothing arrived within `idle` (no
-/// limit when `idle` is `None`).
+/// limit when `idle` is `None`). Errors librdkafka retries by itself (a
+/// lost broker connection) are logged and waited out; only fatal ones are
+/// returned.
 pub(crate) async fn recv_within(
     consumer: &StreamConsumer,
     idle: Option<Duration>,
 ) -> Option<KafkaResult<BorrowedMessage<'_>>> {
-    match idle {
-        Some(idle) => tokio::time::timeout(idle, consumer.recv()).await.ok(),
-        None => Some(consumer.recv().await),
+    loop {
+        let next = match idle {
+            Some(idle) => tokio::time::timeout(idle, consumer.recv()).await.ok(),
+            None => Some(consumer.recv().await),
+        };
+        match next {
+            Some(Err(error)) if !consume_error_is_fatal(&error) => {
+                tracing::warn!(%error, "Consumer error; librdkafka retries");
+            }
+            next => return next,
+        }
     }
 }
 
