@@ -33,7 +33,7 @@ use vigil_schemas::bus::PolledProducer;
 use vigil_schemas::{AuditRecord, bus, decode};
 
 use crate::config::DetectorConfig;
-use crate::processor::{Input, Output, Processor};
+use crate::processor::{Input, Output, Processor, bounded};
 use crate::roles::RoleFile;
 use crate::rules::RuleSet;
 use crate::state::{ChainHead, RocksStore, StateStore, StateWrite};
@@ -749,7 +749,9 @@ impl Pipeline {
         let mut sends = Vec::new();
 
         for letter in &output.dead_letters {
-            let headers = OwnedHeaders::new()
+            let (key, payload, omitted) = dead_letter_body(&letter.input);
+            let error = bounded(&letter.error, MAX_ERROR_HEADER);
+            let mut headers = OwnedHeaders::new()
                 .insert(Header {
                     key: "vigil.source.topic",
                     value: Some(config.events_topic.as_str()),
@@ -764,14 +766,20 @@ impl Pipeline {
                 })
                 .insert(Header {
                     key: "vigil.error",
-                    value: Some(letter.error.as_str()),
+                    value: Some(error),
                 });
+            if let Some(omitted) = &omitted {
+                headers = headers.insert(Header {
+                    key: "vigil.omitted",
+                    value: Some(omitted.as_str()),
+                });
+            }
             let (record, acked) = acked_record(&config.dlq_topic);
             let mut record = record.headers(headers);
-            if let Some(key) = letter.input.key.as_deref() {
+            if let Some(key) = key {
                 record = record.key(key);
             }
-            if let Some(payload) = letter.input.payload.as_deref() {
+            if let Some(payload) = payload {
                 record = record.payload(payload);
             }
             Self::enqueue(&self.producer, record).await?;
@@ -807,6 +815,41 @@ impl Pipeline {
             }
         }
     }
+}
+
+/// Most bytes of key and value a dead letter carries: librdkafka's
+/// default `message.max.bytes` (1,000,000) less room for the headers. A
+/// record bigger than that could be consumed (the broker's limit may be
+/// higher) but not republished, and a refused publish would end the
+/// service and replay the same record forever.
+const MAX_DEAD_LETTER_BODY: usize = 990_000;
+/// Most bytes of the `vigil.error` header.
+const MAX_ERROR_HEADER: usize = 4096;
+
+/// The key and value a dead letter republishes, and what it leaves out:
+/// a key or value that would make the record too big to publish is
+/// replaced by a `vigil.omitted` header giving its size (the original stays
+/// on the source topic at the offset the headers name).
+fn dead_letter_body(input: &Input) -> (Option<&[u8]>, Option<&[u8]>, Option<String>) {
+    let key = input.key.as_deref();
+    let payload = input.payload.as_deref();
+    let key_len = key.map_or(0, <[u8]>::len);
+    let payload_len = payload.map_or(0, <[u8]>::len);
+    if key_len + payload_len <= MAX_DEAD_LETTER_BODY {
+        return (key, payload, None);
+    }
+    let mut omitted = vec![format!("value ({payload_len} bytes)")];
+    let key = if key_len <= MAX_DEAD_LETTER_BODY / 100 {
+        key
+    } else {
+        omitted.push(format!("key ({key_len} bytes)"));
+        None
+    };
+    let omitted = format!(
+        "{} too big to republish; read the original at the source topic, partition and offset",
+        omitted.join(" and ")
+    );
+    (key, None, Some(omitted))
 }
 
 /// Whether a consumer error ends the service: librdkafka's fatal errors
@@ -855,5 +898,48 @@ mod tests {
         ] {
             assert!(consume_error_is_fatal(&fatal), "{fatal}");
         }
+    }
+
+    fn input(key: usize, payload: usize) -> Input {
+        Input {
+            partition: 0,
+            offset: 7,
+            key: Some(vec![b'k'; key]),
+            payload: Some(vec![b'v'; payload]),
+        }
+    }
+
+    #[test]
+    fn a_dead_letter_too_big_to_republish_names_what_it_left_out() {
+        let small = input(10, 1000);
+        assert_eq!(
+            dead_letter_body(&small),
+            (Some(&[b'k'; 10][..]), Some(&[b'v'; 1000][..]), None)
+        );
+
+        let big_value = input(10, 999_995);
+        let (key, payload, omitted) = dead_letter_body(&big_value);
+        assert_eq!(key.map(<[u8]>::len), Some(10), "a short key is kept");
+        assert_eq!(payload, None);
+        let omitted = omitted.expect("says what is left out");
+        assert!(
+            omitted.starts_with("value (999995 bytes) too big"),
+            "{omitted}"
+        );
+
+        let big_both = input(600_000, 600_000);
+        let (key, payload, omitted) = dead_letter_body(&big_both);
+        assert_eq!((key, payload), (None, None));
+        assert!(
+            omitted.is_some_and(|o| o.contains("and key (600000 bytes)")),
+            "both named"
+        );
+    }
+
+    #[test]
+    fn bounded_text_is_cut_at_a_character_boundary() {
+        assert_eq!(bounded("short", 10), "short");
+        assert_eq!(bounded("ab\u{e9}cd", 3), "ab", "the accent is two bytes");
+        assert_eq!(bounded("ab\u{e9}cd", 4), "ab\u{e9}");
     }
 }

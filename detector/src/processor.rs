@@ -84,12 +84,24 @@ pub fn decode_input(input: &Input) -> std::result::Result<Event, String> {
         Some(key) if key == principal.as_bytes() => Ok(event),
         Some(key) => Err(format!(
             "record key `{}` is not the event's principal `{principal}`; the producer must key events by principal",
-            String::from_utf8_lossy(key)
+            bounded(&String::from_utf8_lossy(key), 256)
         )),
         None => Err(format!(
             "record has no key; the producer must key events by principal (`{principal}`)"
         )),
     }
+}
+
+/// `text` cut to at most `max` bytes, at a character boundary.
+pub fn bounded(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// The operator chain and its state.

@@ -293,3 +293,55 @@ async fn broken_rules_are_refused_and_a_fixed_version_is_hot_reloaded() {
     shutdown.cancel();
     running.await.expect("task").expect("clean shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_too_big_to_republish_is_dead_lettered_without_its_value() {
+    let broker = TestBroker::start();
+    let topics = common::topics(&broker, 1).await;
+    let rules = common::rules_dir(&["phi-bulk-read"]);
+    let state = tempfile::tempdir().expect("state dir");
+    let config = common::config(&broker, &topics, state.path(), rules.path());
+    let pipeline = Pipeline::start(config).await.expect("detector starts");
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(pipeline.run(shutdown.clone()));
+
+    // 1.2 MB: more than a dead letter may carry (librdkafka's default
+    // message.max.bytes), sent by a producer allowed 2 MB.
+    let producer: rdkafka::producer::FutureProducer =
+        vigil_schemas::bus::producer_config(broker.bootstrap())
+            .set("message.max.bytes", "2000000")
+            .create()
+            .expect("producer");
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::to(&topics.events)
+                .key("alice")
+                .payload(&vec![b'x'; 1_200_000]),
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("the broker takes a 1.2 MB record");
+    let after = file_event("alice", Kind::Open, "/srv/phi/after.json", MONDAY, 1);
+    produce_events(&broker, &topics.events, &[after]).await;
+
+    let dlq = read_topic(&broker, &topics.dlq, 1, SETTLE, TIMEOUT).await;
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(dlq[0].payload(), None, "the value is left out");
+    assert_eq!(dlq[0].key(), Some(b"alice".as_slice()), "the key is kept");
+    let omitted = dlq[0]
+        .headers()
+        .and_then(|h| h.iter().find(|h| h.key == "vigil.omitted"))
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_default();
+    assert!(
+        omitted.starts_with("value (1200000 bytes) too big"),
+        "{omitted:?}"
+    );
+    let audit = read_topic(&broker, &topics.audit, 1, SETTLE, TIMEOUT).await;
+    assert_eq!(audit.len(), 1, "the next event is still processed");
+    assert!(!running.is_finished(), "{:?}", running.await);
+    shutdown.cancel();
+    let counters = running.await.expect("task").expect("clean shutdown");
+    assert_eq!(counters.dead_letters, 1);
+}
