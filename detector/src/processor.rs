@@ -6,9 +6,12 @@
 //! returns; `rules test` and the benchmark feed it directly.
 
 use std::collections::{BTreeMap, HashSet};
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use datafusion::arrow::array::RecordBatch;
+use datafusion::error::DataFusionError;
 use rustc_hash::{FxHashMap, FxHashSet};
 use vigil_schemas::{Alert, AuditRecord, Event, decode};
 
@@ -18,7 +21,7 @@ use crate::detection;
 use crate::enrich::Enricher;
 use crate::events_table::{self, Row};
 use crate::roles::RoleFile;
-use crate::rules::RuleSet;
+use crate::rules::{Rule, RuleSet};
 use crate::state::{ChainHead, StateStore, StateWrite};
 
 /// Most committed alert ids remembered in memory; past it the memory is
@@ -326,11 +329,35 @@ impl Processor {
             for (rule, result) in self.rules.evaluate(&batch).await {
                 let results = match result {
                     Ok(results) => results,
-                    Err(e) => {
-                        output
-                            .rule_errors
-                            .push((rule.header.id.clone(), e.to_string()));
-                        continue;
+                    Err(error) => {
+                        let (results, failed) = isolate(&self.rules, rule, &batch, error).await;
+                        let mut dead = 0;
+                        for (rows_failed, error) in &failed {
+                            for row in &rows[rows_failed.clone()] {
+                                dead += 1;
+                                output.dead_letters.push(DeadLetter {
+                                    input: Input {
+                                        partition: row.partition,
+                                        offset: row.offset,
+                                        key: Some(row.features.principal.clone().into_bytes()),
+                                        payload: Some(vigil_schemas::encode(&row.event)),
+                                    },
+                                    error: format!(
+                                        "rule `{}` failed on this event ({error}); the other rules ran on it",
+                                        rule.header.id
+                                    ),
+                                });
+                            }
+                        }
+                        let first = failed.first().map(|(_, e)| e.as_str()).unwrap_or_default();
+                        output.rule_errors.push((
+                            rule.header.id.clone(),
+                            format!(
+                                "{first} (on {dead} of {} events, dead-lettered; the rule ran on the others)",
+                                rows.len()
+                            ),
+                        ));
+                        results
                     }
                 };
                 let store = &self.store;
@@ -422,6 +449,46 @@ impl Processor {
         }
         Ok(())
     }
+}
+
+/// Most runs of a failing rule spent, per batch, on finding the events it
+/// fails on.
+const MAX_ISOLATION_RUNS: usize = 64;
+
+/// After `rule` failed on the whole `batch` (division by zero, a failed
+/// cast: a value in some event), runs it on halves of the batch, then on
+/// halves of the halves that fail, down to single events, within
+/// [`MAX_ISOLATION_RUNS`] runs. Returns the results of the parts it ran on
+/// and the row ranges it failed on, each with its error: single events, or
+/// larger ranges when the budget ran out. A rule that aggregates across
+/// events sees only the part it runs on.
+async fn isolate(
+    rules: &RuleSet,
+    rule: &Rule,
+    batch: &RecordBatch,
+    error: DataFusionError,
+) -> (Vec<RecordBatch>, Vec<(Range<usize>, String)>) {
+    let mut results = Vec::new();
+    let mut failed = Vec::new();
+    let mut todo = vec![(0..batch.num_rows(), error.to_string())];
+    let mut runs = 0;
+    while let Some((range, error)) = todo.pop() {
+        if range.len() <= 1 || runs >= MAX_ISOLATION_RUNS {
+            failed.push((range, error));
+            continue;
+        }
+        let middle = range.start + range.len() / 2;
+        for half in [middle..range.end, range.start..middle] {
+            runs += 1;
+            let part = batch.slice(half.start, half.len());
+            match rules.evaluate_rule(rule, &part).await {
+                Ok(part_results) => results.extend(part_results),
+                Err(e) => todo.push((half, e.to_string())),
+            }
+        }
+    }
+    failed.sort_by_key(|(range, _)| range.start);
+    (results, failed)
 }
 
 fn remember(committed: &mut FxHashSet<String>, id: String) {

@@ -543,27 +543,42 @@ impl RuleSet {
         &self,
         batch: &RecordBatch,
     ) -> Vec<(&Rule, Result<Vec<RecordBatch>, DataFusionError>)> {
-        *self
-            .slot
-            .batch
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(batch.clone());
+        self.load(Some(batch.clone()));
         let task = self.ctx.task_ctx();
         let mut results = Vec::with_capacity(self.rules.len());
         for rule in self.rules.values() {
-            let outcome = match reset_plan_states(rule.plan.clone()) {
-                Ok(plan) => collect(plan, task.clone()).await,
-                Err(e) => Err(e),
-            };
-            results.push((rule, outcome));
+            results.push((rule, run(rule, task.clone()).await));
         }
+        self.load(None);
+        results
+    }
+
+    /// Runs one rule over `batch` (after it failed on a larger batch, to
+    /// find the events it fails on).
+    pub async fn evaluate_rule(
+        &self,
+        rule: &Rule,
+        batch: &RecordBatch,
+    ) -> Result<Vec<RecordBatch>, DataFusionError> {
+        self.load(Some(batch.clone()));
+        let outcome = run(rule, self.ctx.task_ctx()).await;
+        self.load(None);
+        outcome
+    }
+
+    /// Puts the batch the `events` table reads in place (or takes it away).
+    fn load(&self, batch: Option<RecordBatch>) {
         *self
             .slot
             .batch
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
-        results
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = batch;
     }
+}
+
+/// Runs a rule's plan over the loaded batch.
+async fn run(rule: &Rule, task: Arc<TaskContext>) -> Result<Vec<RecordBatch>, DataFusionError> {
+    collect(reset_plan_states(rule.plan.clone())?, task).await
 }
 
 #[cfg(test)]
