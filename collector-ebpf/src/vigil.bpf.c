@@ -425,7 +425,8 @@ static __always_inline bool path_in_scope(struct scratch *s, char *dst, const ch
 	if (len <= 1)
 		return false;
 	if (key->data[0] == '/') {
-		key->prefixlen = (len - 1) * 8;
+		/* with the NUL: "/phi\0" matches the watched directory itself */
+		key->prefixlen = len * 8;
 		if (!bpf_map_lookup_elem(&watched_prefixes, key))
 			return false;
 		__builtin_memcpy(dst, key->data, VIGIL_PATH_LEN);

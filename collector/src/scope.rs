@@ -2,7 +2,8 @@
 //!
 //! - `watched_prefixes` (LPM trie over path bytes): each watched directory
 //!   as given and canonicalised, with a trailing `/`, so `/phi` matches
-//!   `/phi/chart.pdf` but not `/phix`.
+//!   `/phi/chart.pdf` but not `/phix`; and followed by a NUL, so the
+//!   directory itself (`chmod /phi`) matches too.
 //! - `watched_dirs` (device, inode): the same directories and the roots of
 //!   file systems mounted below them. The kernel walks an opened file's
 //!   directories up to its file system's root against this map, so a file
@@ -35,7 +36,9 @@ pub fn fill(ebpf: &mut Ebpf, config: &Config) -> Result<()> {
             prefixes
                 .insert(&Key::new(bits, data), 1, 0)
                 .map_err(map_error("watched_prefixes"))?;
-            info!(prefix = %prefix, "Watching");
+            if !prefix.ends_with('\0') {
+                info!(prefix = %prefix, "Watching");
+            }
         }
     }
 
@@ -115,15 +118,28 @@ fn map_error(map: &'static str) -> impl Fn(aya::maps::MapError) -> Error {
     }
 }
 
-/// The spellings of a watched directory the kernel may see: as configured
-/// and, when it differs (symlinks), canonicalised; each with a trailing `/`.
+/// The trie keys of a watched directory, for each spelling the kernel may
+/// see (as configured and, when it differs, canonicalised): the directory
+/// with a trailing `/`, a prefix of everything below it, and the directory
+/// itself followed by the string's terminating NUL, which matches only the
+/// directory (the kernel looks paths up with their NUL, so `/phi\0`
+/// matches a chmod of `/phi` but not `/phix`).
 pub fn prefix_forms(watched: &Path) -> Vec<String> {
-    let mut forms = vec![with_slash(watched)];
+    let mut spellings = vec![with_slash(watched)];
     if let Ok(canonical) = std::fs::canonicalize(watched) {
         let canonical = with_slash(&canonical);
-        if canonical != forms[0] {
-            forms.push(canonical);
+        if canonical != spellings[0] {
+            spellings.push(canonical);
         }
+    }
+    let mut forms = Vec::new();
+    for below in spellings {
+        let itself = match below.trim_end_matches('/') {
+            "" => "/".to_owned(),
+            dir => dir.to_owned(),
+        };
+        forms.push(below);
+        forms.push(format!("{itself}\0"));
     }
     forms
 }
@@ -200,6 +216,20 @@ mod tests {
         assert_eq!(bits, 40);
         assert_eq!(&data[..5], b"/phi/");
         assert_eq!(data[5], 0);
+    }
+
+    #[test]
+    fn the_directory_itself_is_matched_through_its_nul() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let canonical = std::fs::canonicalize(dir.path()).expect("canonical");
+        let forms = prefix_forms(dir.path());
+        let text = canonical.to_str().expect("utf-8");
+        assert!(forms.contains(&format!("{text}/")), "{forms:?}");
+        assert!(forms.contains(&format!("{text}\0")), "{forms:?}");
+        let (bits, data) = prefix_key("/phi\0").expect("short");
+        assert_eq!(bits, 40, "the NUL is part of the key");
+        assert_eq!(&data[..5], b"/phi\0");
+        assert_eq!(prefix_forms(Path::new("/"))[1], "/\0");
     }
 
     #[test]

@@ -244,6 +244,11 @@ async fn watched_activity_is_published_with_its_fields_and_unwatched_files_are_n
     assert_eq!(rename.errno, 0);
     let chmod = expect("chmod", &|e| e.kind == Kind::Chmod && path_is(e, &renamed));
     assert_eq!(chmod.mode, Some(0o600));
+    // The watched directory itself is in scope too.
+    let chmod_dir = expect("chmod of the watched directory", &|e| {
+        e.kind == Kind::Chmod && path_is(e, watched.path())
+    });
+    assert_eq!(chmod_dir.mode, Some(0o755));
     let unlink = expect("unlink", &|e| {
         e.kind == Kind::Unlink && path_is(e, &renamed)
     });
