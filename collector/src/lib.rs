@@ -157,8 +157,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary>
     }
 
     info!("Shutting down: detaching programs");
-    drop(probes);
+    let still_open = probes.detach();
     records += drain(ring.get_mut(), &mut enricher, &mut outbox);
+    info!(
+        rollups = still_open.len(),
+        "Reporting the bytes of watched files still open"
+    );
+    for raw in &still_open {
+        if let Some(event) = enricher.event(raw) {
+            outbox.push(event);
+        }
+    }
+    drop(probes);
     report_drops(&mut drops, &mut outbox);
     outbox.report_losses();
     let queue_drops = outbox.lost_total();

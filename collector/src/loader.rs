@@ -10,14 +10,14 @@
 
 use std::path::Path;
 
-use aya::maps::{MapData, PerCpuArray, RingBuf};
-use aya::programs::TracePoint;
+use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
+use aya::programs::{Program, TracePoint};
 use aya::{Ebpf, EbpfLoader};
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, Scope};
 use crate::error::{Error, Result};
-use crate::record::layout;
+use crate::record::{RawRecord, RawTracked, layout};
 use crate::scope;
 
 /// The compiled kernel programs (built by `build.rs`).
@@ -146,6 +146,60 @@ impl Probes {
             .take_map("events")
             .ok_or(Error::MissingMap("events"))?;
         RingBuf::try_from(map).map_err(|e| map_error("events", e))
+    }
+
+    /// Detaches every program, then returns a read and a write roll-up for
+    /// each watched file still open: its bytes since its last roll-up, which
+    /// would otherwise go with the maps. Records the programs wrote before
+    /// are in the ring buffer; drain it before publishing these. (Open
+    /// connections have no such totals to read: theirs are the socket's
+    /// own counters, read in the kernel when it closes.)
+    pub fn detach(&mut self) -> Vec<RawRecord> {
+        for (name, program) in self.ebpf.programs_mut() {
+            if let Program::TracePoint(program) = program
+                && let Err(error) = program.unload()
+            {
+                warn!(program = %name, %error, "Cannot detach");
+            }
+        }
+        self.attached = 0;
+        let now = match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
+            Ok(now) => now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64,
+            Err(error) => {
+                warn!(%error, "Cannot read the monotonic clock");
+                0
+            }
+        };
+        let Some(map) = self.ebpf.map("open_files") else {
+            warn!("No open_files map: the bytes of files still open are not reported");
+            return Vec::new();
+        };
+        let open_files: HashMap<&MapData, u64, RawTracked> = match HashMap::try_from(map) {
+            Ok(files) => files,
+            Err(error) => {
+                warn!(%error, "Cannot read open_files: the bytes of files still open are not reported");
+                return Vec::new();
+            }
+        };
+        let mut rollups = Vec::new();
+        for entry in open_files.iter() {
+            let Ok((_, file)) = entry else {
+                continue;
+            };
+            for (kind, bytes) in [
+                (layout::KIND_READ, file.read_bytes),
+                (layout::KIND_WRITE, file.write_bytes),
+            ] {
+                if bytes > 0 {
+                    let mut rec = file.rec;
+                    rec.kind = kind;
+                    rec.bytes = bytes;
+                    rec.ktime_ns = now;
+                    rollups.push(rec);
+                }
+            }
+        }
+        rollups
     }
 
     /// The per-CPU, per-kind counters of failed ring-buffer reservations.

@@ -64,6 +64,54 @@ async fn open_files_report_bytes_periodically_and_at_close() {
     );
 }
 
+/// A collector stopped while a watched file is open reports the bytes moved
+/// since the file's last roll-up instead of losing them with its maps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_still_open_at_shutdown_report_their_bytes() {
+    require_root();
+    let broker = TestBroker::start();
+    let topic = broker.topic("collector.shutdown", 1).await;
+    let watched = tempfile::tempdir().expect("watched temp dir");
+    let collector = Collector::start(
+        broker.bootstrap(),
+        &topic,
+        watched.path(),
+        &["--rollup-interval", "1h"],
+    );
+    let path = watched.path().join("held-open.log");
+    let path_s = path.to_str().expect("utf-8").to_owned();
+    let marker = watched.path().join("marker.txt");
+    let marker_s = marker.to_str().expect("utf-8").to_owned();
+
+    let mut file = std::fs::File::create(&path).expect("create");
+    file.write_all(&[b'a'; 70]).expect("write");
+    std::fs::write(&marker, b"m").expect("write the marker");
+    // Once the marker's write is on the bus, the collector has seen the
+    // held file's write too; nothing reports it while the file is open.
+    let before = consume_until(
+        broker.bootstrap(),
+        &topic,
+        Duration::from_secs(20),
+        |events| !bytes_of(events, Kind::Write, &marker_s).is_empty(),
+    )
+    .await;
+    assert!(
+        !bytes_of(&before, Kind::Write, &marker_s).is_empty(),
+        "the marker arrives:\n{}",
+        collector.stderr()
+    );
+    assert_eq!(bytes_of(&before, Kind::Write, &path_s), Vec::<i64>::new());
+
+    let stderr = collector.stop();
+    let events = common::consume_all(broker.bootstrap(), &topic, Duration::from_secs(3)).await;
+    drop(file);
+    assert_eq!(
+        bytes_of(&events, Kind::Write, &path_s),
+        vec![70],
+        "the open file's bytes are reported at shutdown:\n{stderr}"
+    );
+}
+
 /// Copies made inside the kernel (`copy_file_range`, as `cp` does;
 /// `sendfile`, as Python's `shutil` does) count as bytes read from the
 /// source and written to the destination, like a read and a write would.
