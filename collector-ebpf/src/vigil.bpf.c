@@ -1088,13 +1088,19 @@ static __always_inline int io_exit(__s64 ret, __u64 fd, bool is_write)
 	else
 		__sync_fetch_and_add(&file->read_bytes, ret);
 	/* long-lived descriptors report periodically, not only at close; the
-	 * tracked record's timestamp is the last report */
+	 * tracked record's timestamp is the last report. The counts are taken
+	 * and zeroed in one exchange each, so bytes another thread adds
+	 * meanwhile go into the next report, and when two threads report at
+	 * once the second takes only what the first left. */
 	__u64 now = bpf_ktime_get_ns();
 	if (rollup_interval_ns && now - file->rec.ktime_ns >= rollup_interval_ns) {
-		emit_file_rollups(file);
-		file->read_bytes = 0;
-		file->write_bytes = 0;
 		file->rec.ktime_ns = now;
+		__u64 read = __sync_lock_test_and_set(&file->read_bytes, 0);
+		__u64 written = __sync_lock_test_and_set(&file->write_bytes, 0);
+		if (read)
+			emit_as(&file->rec, VIGIL_KIND_READ, read, true);
+		if (written)
+			emit_as(&file->rec, VIGIL_KIND_WRITE, written, true);
 	}
 	return 0;
 }

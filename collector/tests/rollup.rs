@@ -64,6 +64,67 @@ async fn open_files_report_bytes_periodically_and_at_close() {
     );
 }
 
+/// Threads writing through one descriptor while its periodic roll-ups
+/// fire: each byte is reported exactly once (the kernel takes and zeroes
+/// the counts in one exchange; a read-then-zero lost or doubled bytes
+/// written in between).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_roll_ups_of_a_shared_descriptor_add_up() {
+    const THREADS: usize = 4;
+    const WRITES: usize = 20_000;
+    require_root();
+    let broker = TestBroker::start();
+    let topic = broker.topic("collector.shared", 1).await;
+    let watched = tempfile::tempdir().expect("watched temp dir");
+    let collector = Collector::start(
+        broker.bootstrap(),
+        &topic,
+        watched.path(),
+        &["--rollup-interval", "1ms"],
+    );
+    let path = watched.path().join("shared.log");
+    let path_s = path.to_str().expect("utf-8").to_owned();
+    let file = std::sync::Arc::new(std::fs::File::create(&path).expect("create"));
+    let writers: Vec<_> = (0..THREADS)
+        .map(|_| {
+            let file = std::sync::Arc::clone(&file);
+            std::thread::spawn(move || {
+                for _ in 0..WRITES {
+                    (&*file).write_all(b"x").expect("write");
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.join().expect("writer thread");
+    }
+    drop(file);
+    let total = (THREADS * WRITES) as i64;
+    let events = consume_until(
+        broker.bootstrap(),
+        &topic,
+        Duration::from_secs(30),
+        |events| bytes_of(events, Kind::Write, &path_s).iter().sum::<i64>() >= total,
+    )
+    .await;
+    // Anything doubled would arrive after the total was reached.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let events = if events.is_empty() {
+        events
+    } else {
+        common::consume_all(broker.bootstrap(), &topic, Duration::from_secs(2)).await
+    };
+    let stderr = collector.stop();
+    let reports = bytes_of(&events, Kind::Write, &path_s);
+    assert!(reports.len() > 1, "periodic roll-ups fired: {reports:?}");
+    assert_eq!(
+        reports.iter().sum::<i64>(),
+        total,
+        "{} roll-ups; collector:\n{stderr}",
+        reports.len()
+    );
+}
+
 /// A collector stopped while a watched file is open reports the bytes moved
 /// since the file's last roll-up instead of losing them with its maps.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
