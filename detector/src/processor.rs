@@ -186,7 +186,7 @@ impl Processor {
         let limit = i64::try_from(max_ahead.as_nanos()).unwrap_or(i64::MAX);
         (ahead > limit).then(|| {
             format!(
-                "event time {} is {} ahead of the detector's clock (more than the allowed {}); fix the clock of host `{}` or raise max_clock_skew_ms",
+                "event time {} is {} ahead of the detector's clock (more than the allowed {}); fix the clock of host `{}` (or raise the detector's --max-clock-skew-ms)",
                 crate::alert_text::utc_millis(time.div_euclid(1_000_000)),
                 humantime::format_duration(Duration::from_secs((ahead / 1_000_000_000) as u64)),
                 humantime::format_duration(max_ahead),
