@@ -62,14 +62,9 @@ pub struct Clock {
 impl Clock {
     /// Measures realtime − monotonic now.
     pub fn measure() -> Clock {
-        let ns = |id| {
-            clock_gettime(id)
-                .map(|t| t.tv_sec() * 1_000_000_000 + t.tv_nsec())
-                .unwrap_or(0)
-        };
-        let mono_before = ns(ClockId::CLOCK_MONOTONIC);
-        let real = ns(ClockId::CLOCK_REALTIME);
-        let mono_after = ns(ClockId::CLOCK_MONOTONIC);
+        let mono_before = Clock::monotonic_ns();
+        let real = Clock::now_ns();
+        let mono_after = Clock::monotonic_ns();
         Clock {
             offset_ns: real - (mono_before + (mono_after - mono_before) / 2),
         }
@@ -82,10 +77,21 @@ impl Clock {
 
     /// Wall-clock nanoseconds now.
     pub fn now_ns() -> i64 {
-        clock_gettime(ClockId::CLOCK_REALTIME)
-            .map(|t| t.tv_sec() * 1_000_000_000 + t.tv_nsec())
-            .unwrap_or(0)
+        read_ns(ClockId::CLOCK_REALTIME)
     }
+
+    /// The kernel's monotonic clock now, in nanoseconds: the time base of
+    /// the records' `ktime_ns` (`bpf_ktime_get_ns`).
+    pub fn monotonic_ns() -> i64 {
+        read_ns(ClockId::CLOCK_MONOTONIC)
+    }
+}
+
+/// A clock's nanoseconds now (0 if it cannot be read).
+fn read_ns(id: ClockId) -> i64 {
+    clock_gettime(id)
+        .map(|t| t.tv_sec() * 1_000_000_000 + t.tv_nsec())
+        .unwrap_or(0)
 }
 
 /// The kernel's host name.

@@ -163,13 +163,7 @@ impl Probes {
             }
         }
         self.attached = 0;
-        let now = match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
-            Ok(now) => now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64,
-            Err(error) => {
-                warn!(%error, "Cannot read the monotonic clock");
-                0
-            }
-        };
+        let now = crate::enrich::Clock::monotonic_ns().max(0) as u64;
         let Some(map) = self.ebpf.map("open_files") else {
             warn!("No open_files map: the bytes of files still open are not reported");
             return Vec::new();
