@@ -962,6 +962,15 @@ int vigil_fork(struct trace_event_raw_sched_process_fork *ctx)
 	return 0;
 }
 
+/* An owner that is gone: reports and drops its entries, then itself. */
+static __always_inline void release_owner(__u32 owner)
+{
+	if (!bpf_map_lookup_elem(&files_owners, &owner))
+		return;
+	sweep_owner(owner, false);
+	bpf_map_delete_elem(&files_owners, &owner);
+}
+
 SEC("tracepoint/sched/sched_process_exit")
 int vigil_exit(struct trace_event_raw_sched_process_exit *ctx)
 {
@@ -972,18 +981,12 @@ int vigil_exit(struct trace_event_raw_sched_process_exit *ctx)
 	else
 		last_thread = (__u32)pid_tgid == (pid_tgid >> 32);
 	__u32 tid = (__u32)pid_tgid;
-	if (tid != (pid_tgid >> 32) && bpf_map_lookup_elem(&files_owners, &tid)) {
-		/* a thread: drop the copies fork made under its thread id */
-		sweep_owner(tid, false);
-		bpf_map_delete_elem(&files_owners, &tid);
-	}
+	/* a thread: drop the copies fork made under its thread id */
+	if (tid != (pid_tgid >> 32))
+		release_owner(tid);
 	if (!last_thread)
 		return 0;
-	__u32 tgid = pid_tgid >> 32;
-	if (bpf_map_lookup_elem(&files_owners, &tgid)) {
-		sweep_owner(tgid, false);
-		bpf_map_delete_elem(&files_owners, &tgid);
-	}
+	release_owner(pid_tgid >> 32);
 
 	if (!task_in_scope())
 		return 0;
