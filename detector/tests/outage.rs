@@ -8,9 +8,7 @@ use std::time::Duration;
 
 use common::{MONDAY, file_event, produce_events, read_topic};
 use rdkafka::Message;
-use tokio_util::sync::CancellationToken;
 use vigil_detector::audit_chain::Verifier;
-use vigil_detector::pipeline::Pipeline;
 use vigil_schemas::testkit::TestBroker;
 use vigil_schemas::{AuditRecord, Kind, decode};
 
@@ -38,9 +36,7 @@ async fn the_detector_rides_out_a_broker_restart() {
     let rules = common::rules_dir(&["phi-bulk-read"]);
     let state = tempfile::tempdir().expect("state dir");
     let config = common::config(&broker, &topics, state.path(), rules.path());
-    let pipeline = Pipeline::start(config).await.expect("detector starts");
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn(pipeline.run(shutdown.clone()));
+    let (shutdown, running) = common::spawn_detector(config, "detector starts").await;
 
     produce_events(&broker, &topics.events, &reads(0, 5)).await;
     let audit = read_topic(&broker, &topics.audit, 5, SETTLE, TIMEOUT).await;

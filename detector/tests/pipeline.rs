@@ -12,9 +12,7 @@ use common::{
 };
 use rdkafka::Message;
 use rdkafka::message::Headers;
-use tokio_util::sync::CancellationToken;
 use vigil_detector::audit_chain::Verifier;
-use vigil_detector::pipeline::Pipeline;
 use vigil_schemas::testkit::TestBroker;
 use vigil_schemas::{AuditRecord, Kind, decode};
 
@@ -28,9 +26,7 @@ async fn events_become_alerts_review_items_audit_records_and_dead_letters() {
     let rules = common::rules_dir(&["phi-bulk-read", "audit-log-tampering"]);
     let state = tempfile::tempdir().expect("state dir");
     let config = common::config(&broker, &topics, state.path(), rules.path());
-    let pipeline = Pipeline::start(config).await.expect("detector starts");
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn(pipeline.run(shutdown.clone()));
+    let (shutdown, running) = common::spawn_detector(config, "detector starts").await;
 
     // A malformed record and a wrongly keyed one first: both must go to the
     // dead-letter topic and the good records after them still be processed.
@@ -240,11 +236,7 @@ async fn broken_rules_are_refused_and_a_fixed_version_is_hot_reloaded() {
     let state = tempfile::tempdir().expect("state dir");
     let mut config = common::config(&broker, &topics, state.path(), rules.path());
     config.learning_days = 0;
-    let pipeline = Pipeline::start(config)
-        .await
-        .expect("starts with one rule refused");
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn(pipeline.run(shutdown.clone()));
+    let (shutdown, running) = common::spawn_detector(config, "starts with one rule refused").await;
 
     let t = MONDAY + 14 * 3_600_000_000_000;
     produce_events(
@@ -301,9 +293,7 @@ async fn a_record_too_big_to_republish_is_dead_lettered_without_its_value() {
     let rules = common::rules_dir(&["phi-bulk-read"]);
     let state = tempfile::tempdir().expect("state dir");
     let config = common::config(&broker, &topics, state.path(), rules.path());
-    let pipeline = Pipeline::start(config).await.expect("detector starts");
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn(pipeline.run(shutdown.clone()));
+    let (shutdown, running) = common::spawn_detector(config, "detector starts").await;
 
     // 1.2 MB: more than a dead letter may carry (librdkafka's default
     // message.max.bytes), sent by a producer allowed 2 MB.

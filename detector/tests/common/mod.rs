@@ -10,7 +10,9 @@ use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::FutureRecord;
+use tokio_util::sync::CancellationToken;
 use vigil_detector::config::DetectorConfig;
+use vigil_detector::pipeline::{Counters, Pipeline};
 use vigil_schemas::testkit::TestBroker;
 use vigil_schemas::{Event, encode};
 
@@ -69,6 +71,21 @@ pub fn config(broker: &TestBroker, topics: &Topics, state: &Path, rules: &Path) 
     config.rules_dir = rules.to_path_buf();
     config.learning_days = 1;
     config
+}
+
+/// Starts `detector run` in this process (panicking, with `what`, if it
+/// does not start) and returns its shutdown token and its task.
+pub async fn spawn_detector(
+    config: DetectorConfig,
+    what: &str,
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<vigil_detector::Result<Counters>>,
+) {
+    let pipeline = Pipeline::start(config).await.expect(what);
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(pipeline.run(shutdown.clone()));
+    (shutdown, running)
 }
 
 pub use vigil_schemas::testkit::file_event;
