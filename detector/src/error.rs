@@ -36,6 +36,14 @@ pub enum Error {
     #[error("internal error: {what}")]
     Internal { what: String },
 
+    /// The service was stopped while it waited for the broker (to take
+    /// published outputs or to give it the audit chain's tail); the
+    /// batches in hand were not committed.
+    #[error(
+        "stopped while waiting for the broker at {brokers}: {batches} batch(es) were not committed; their events are processed again at the next start"
+    )]
+    Unacknowledged { batches: usize, brokers: String },
+
     /// Writing output failed (e.g. stdout closed).
     #[error("writing output: {0}")]
     Output(#[from] std::io::Error),

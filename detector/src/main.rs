@@ -209,9 +209,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => {
             let config = DetectorConfig::resolve(cli.brokers.as_deref(), &args)?;
-            let pipeline = Pipeline::start(config.clone())
-                .await
-                .with_context(|| format!("starting the detector on {}", config.brokers))?;
             let shutdown = CancellationToken::new();
             let signals = shutdown.clone();
             tokio::spawn(async move {
@@ -231,6 +228,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 tracing::info!("Shutting down: finishing the batch in hand");
                 signals.cancel();
             });
+            // Starting waits for the broker if it is down; a signal ends the wait.
+            let pipeline = tokio::select! {
+                started = Pipeline::start(config.clone()) => started
+                    .with_context(|| format!("starting the detector on {}", config.brokers))?,
+                _ = shutdown.cancelled() => {
+                    eprintln!("detector: stopped while waiting for the broker at {}", config.brokers);
+                    return Ok(ExitCode::SUCCESS);
+                }
+            };
             eprintln!(
                 "detector: consuming {} on {} as group {} (state {}, rules {})",
                 config.events_topic,

@@ -48,6 +48,16 @@ const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 const IDLE_CHECKPOINT: Duration = Duration::from_millis(50);
 /// How often progress is logged.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a stopping detector still waits for the broker to acknowledge
+/// published outputs. Past it the service ends without committing those
+/// batches (the next start processes their events again).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How often a wait for acknowledgements (a broker outage) is logged.
+const ACK_WAIT_REPORT: Duration = Duration::from_secs(10);
+/// How long a metadata request may take once the broker has answered one.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a starting detector waits between attempts to reach the broker.
+const BROKER_RETRY: Duration = Duration::from_secs(1);
 
 /// Consumer context: resumes assigned partitions from the stored offsets.
 ///
@@ -238,9 +248,10 @@ fn partition_count<C: ConsumerContext, T: Consumer<C>>(
     consumer: &T,
     brokers: &str,
     topic: &str,
+    timeout: Duration,
 ) -> Result<usize> {
     let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .fetch_metadata(Some(topic), timeout)
         .map_err(|e| Error::kafka(format!("metadata of {topic}"), e))?;
     let count = metadata
         .topics()
@@ -255,6 +266,74 @@ fn partition_count<C: ConsumerContext, T: Consumer<C>>(
         });
     }
     Ok(count)
+}
+
+/// The number of partitions of `topic`, asked until the broker answers:
+/// a detector started during a broker outage waits it out instead of
+/// exiting. An answer naming no such topic is an error.
+async fn wait_for_broker<C: ConsumerContext, T: Consumer<C>>(
+    consumer: &T,
+    brokers: &str,
+    topic: &str,
+) -> Result<usize> {
+    let mut waiting = Waiting::new();
+    loop {
+        // Short attempts, so a signal ends the wait (between them) soon.
+        match partition_count(consumer, brokers, topic, Duration::from_secs(2)) {
+            Err(Error::Kafka { source, .. }) if broker_unreachable(&source) => {
+                if let Some(waited_s) = waiting.report_due() {
+                    tracing::warn!(
+                        %brokers,
+                        error = %source,
+                        waited_s,
+                        "The broker does not answer; retrying every second (check --brokers if this goes on)"
+                    );
+                }
+                tokio::time::sleep(BROKER_RETRY).await;
+            }
+            answered => return answered,
+        }
+    }
+}
+
+/// A wait for the broker, reported when it starts and then each minute.
+struct Waiting {
+    started: Instant,
+    next_report: Instant,
+}
+
+impl Waiting {
+    fn new() -> Self {
+        let now = Instant::now();
+        Waiting {
+            started: now,
+            next_report: now,
+        }
+    }
+
+    /// The seconds waited so far, when it is time to say so again.
+    fn report_due(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        if now < self.next_report {
+            return None;
+        }
+        self.next_report = now + Duration::from_secs(60);
+        Some(now.duration_since(self.started).as_secs())
+    }
+}
+
+/// Whether a metadata request failed for want of a broker (down,
+/// restarting, unreachable) rather than because of what it asked.
+fn broker_unreachable(error: &KafkaError) -> bool {
+    matches!(
+        error,
+        KafkaError::MetadataFetch(
+            RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::AllBrokersDown
+                | RDKafkaErrorCode::OperationTimedOut
+                | RDKafkaErrorCode::Resolve
+        )
+    )
 }
 
 /// The running service.
@@ -274,6 +353,9 @@ pub struct Pipeline {
     in_flight: VecDeque<InFlight>,
     /// Next offset per events partition as last written to the state store.
     written: HashMap<i32, i64>,
+    /// Cancelled [`SHUTDOWN_GRACE`] after shutdown: stop waiting for the
+    /// broker.
+    give_up: CancellationToken,
     /// Fault injection for the crash tests: abort after publishing this
     /// batch's outputs, before writing its state (`VIGIL_TEST_ABORT_AFTER_PUBLISH`).
     abort_after_publish: Option<u64>,
@@ -356,8 +438,13 @@ impl Pipeline {
         let consumer: StreamConsumer<DetectorContext> = consumer_config
             .create_with_context(context)
             .map_err(|e| Error::kafka("create consumer", e))?;
-        let events = partition_count(&consumer, &config.brokers, &config.events_topic)?;
-        let audit = partition_count(&consumer, &config.brokers, &config.audit_topic)?;
+        let events = wait_for_broker(&consumer, &config.brokers, &config.events_topic).await?;
+        let audit = partition_count(
+            &consumer,
+            &config.brokers,
+            &config.audit_topic,
+            METADATA_TIMEOUT,
+        )?;
         if audit < events {
             return Err(Error::Config {
                 what: format!("topic {}", config.audit_topic),
@@ -372,15 +459,17 @@ impl Pipeline {
             &config.review_topic,
             &config.dlq_topic,
         ] {
-            partition_count(&consumer, &config.brokers, topic)?;
+            partition_count(&consumer, &config.brokers, topic, METADATA_TIMEOUT)?;
         }
-        let producer = PolledProducer::create(&bus::producer_config(&config.brokers), Acks)
+        // Outputs never expire (`message.timeout.ms = 0`): through a broker
+        // outage the idempotent producers retry until the broker takes them,
+        // and the batches wait uncommitted meanwhile.
+        let mut output_config = bus::producer_config(&config.brokers);
+        output_config.set("message.timeout.ms", "0");
+        let producer = PolledProducer::create(&output_config, Acks)
             .map_err(|e| Error::kafka("create producer", e))?;
-        let alert_producer = PolledProducer::create(
-            bus::producer_config(&config.brokers).set("linger.ms", "0"),
-            Acks,
-        )
-        .map_err(|e| Error::kafka("create alert producer", e))?;
+        let alert_producer = PolledProducer::create(output_config.set("linger.ms", "0"), Acks)
+            .map_err(|e| Error::kafka("create alert producer", e))?;
         consumer
             .subscribe(&[&config.events_topic])
             .map_err(|e| Error::kafka(format!("subscribe to {}", config.events_topic), e))?;
@@ -404,6 +493,7 @@ impl Pipeline {
             counters: Counters::default(),
             in_flight: VecDeque::new(),
             written: HashMap::new(),
+            give_up: CancellationToken::new(),
             abort_after_publish: std::env::var("VIGIL_TEST_ABORT_AFTER_PUBLISH")
                 .ok()
                 .and_then(|v| v.parse().ok()),
@@ -411,7 +501,20 @@ impl Pipeline {
     }
 
     /// Runs until `shutdown` is cancelled (then drains) or a fatal error.
-    pub async fn run(mut self, shutdown: CancellationToken) -> Result<Counters> {
+    pub async fn run(self, shutdown: CancellationToken) -> Result<Counters> {
+        let give_up = self.give_up.clone();
+        let stopping = shutdown.clone();
+        let grace = tokio::spawn(async move {
+            stopping.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+            give_up.cancel();
+        });
+        let outcome = self.consume(shutdown).await;
+        grace.abort();
+        outcome
+    }
+
+    async fn consume(mut self, shutdown: CancellationToken) -> Result<Counters> {
         let mut pending: Vec<Input> = Vec::with_capacity(self.config.batch_rows);
         let mut deadline = tokio::time::Instant::now() + self.config.linger;
         let mut next_progress = Instant::now() + PROGRESS_INTERVAL;
@@ -590,15 +693,7 @@ impl Pipeline {
         }
         let partitions: HashSet<i32> = inputs.iter().map(|i| i.partition).collect();
         for partition in self.processor.unopened(partitions.iter().copied()) {
-            let brokers = self.config.brokers.clone();
-            let topic = self.config.audit_topic.clone();
-            let exact = self.config.resume_exact;
-            let head =
-                tokio::task::spawn_blocking(move || audit_tail(&brokers, &topic, partition, exact))
-                    .await
-                    .map_err(|e| Error::Internal {
-                        what: format!("audit tail reader panicked: {e}"),
-                    })??;
+            let head = self.read_audit_tail(partition).await?;
             tracing::info!(partition, ?head, "Audit chain tail read from the topic");
             self.processor.open_chain(partition, head)?;
         }
@@ -648,6 +743,46 @@ impl Pipeline {
         settled
     }
 
+    /// The last audit record of `partition`, read again each second while
+    /// the broker cannot be reached, until the shutdown grace runs out.
+    async fn read_audit_tail(&self, partition: i32) -> Result<Option<ChainHead>> {
+        let mut waiting = Waiting::new();
+        loop {
+            let brokers = self.config.brokers.clone();
+            let topic = self.config.audit_topic.clone();
+            let exact = self.config.resume_exact;
+            let read =
+                tokio::task::spawn_blocking(move || audit_tail(&brokers, &topic, partition, exact))
+                    .await
+                    .map_err(|e| Error::Internal {
+                        what: format!("audit tail reader panicked: {e}"),
+                    })?;
+            match read {
+                Err(Error::Kafka { source, .. })
+                    if broker_unreachable(&source)
+                        || matches!(*source, KafkaError::MessageConsumption(_))
+                            && !consume_error_is_fatal(&source) =>
+                {
+                    if let Some(waited_s) = waiting.report_due() {
+                        tracing::warn!(
+                            brokers = %self.config.brokers,
+                            partition,
+                            error = %source,
+                            waited_s,
+                            "Cannot read the audit chain's tail; retrying every second"
+                        );
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(BROKER_RETRY) => {}
+                        // The batch in hand is not committed either.
+                        _ = self.give_up.cancelled() => return Err(self.unacknowledged(1)),
+                    }
+                }
+                read => return read,
+            }
+        }
+    }
+
     /// Commits, in order, every published batch whose outputs the broker
     /// acknowledged, and waits for the oldest until at most `keep` remain.
     async fn settle(&mut self, keep: usize) -> Result<()> {
@@ -655,18 +790,46 @@ impl Pipeline {
             if self.in_flight.len() <= keep && !front.acks.is_finished() {
                 break;
             }
-            let Some(done) = self.in_flight.pop_front() else {
+            let Some(mut done) = self.in_flight.pop_front() else {
                 break;
             };
-            done.acks
-                .await
-                .map_err(|e| Error::Internal {
-                    what: format!("acknowledgement task failed: {e}"),
-                })?
-                .map_err(|e| Error::kafka("publish output", e))?;
+            self.acknowledged(&mut done).await?;
             self.commit_batch(done.batch, done.state)?;
         }
         Ok(())
+    }
+
+    /// Waits for a published batch's acknowledgements, however long the
+    /// broker takes (logging the wait), until the shutdown grace runs out.
+    async fn acknowledged(&self, done: &mut InFlight) -> Result<()> {
+        let started = Instant::now();
+        loop {
+            tokio::select! {
+                joined = &mut done.acks => {
+                    return joined
+                        .map_err(|e| Error::Internal {
+                            what: format!("acknowledgement task failed: {e}"),
+                        })?
+                        .map_err(|e| Error::kafka("publish output", e));
+                }
+                _ = self.give_up.cancelled() => return Err(self.unacknowledged(1)),
+                _ = tokio::time::sleep(ACK_WAIT_REPORT) => tracing::warn!(
+                    batch = done.batch,
+                    waited_s = started.elapsed().as_secs(),
+                    brokers = %self.config.brokers,
+                    "The broker has not acknowledged a batch's outputs yet; consuming waits for it"
+                ),
+            }
+        }
+    }
+
+    /// The error of a shutdown that gave up on the broker; `more` batches
+    /// besides those still in flight went unacknowledged.
+    fn unacknowledged(&self, more: usize) -> Error {
+        Error::Unacknowledged {
+            batches: self.in_flight.len() + more,
+            brokers: self.config.brokers.clone(),
+        }
     }
 
     /// Waits for every published batch's acknowledgement, writes their
@@ -734,7 +897,7 @@ impl Pipeline {
                 let record = record
                     .key(alert.unmapped.vigil.principal.as_bytes())
                     .payload(json.as_slice());
-                Self::enqueue(&self.alert_producer, record).await?;
+                self.enqueue(&self.alert_producer, record).await?;
                 sends.push(acked);
             }
         }
@@ -782,7 +945,7 @@ impl Pipeline {
             if let Some(payload) = payload {
                 record = record.payload(payload);
             }
-            Self::enqueue(&self.producer, record).await?;
+            self.enqueue(&self.producer, record).await?;
             sends.push(acked);
         }
 
@@ -793,7 +956,7 @@ impl Pipeline {
                 .partition(audit.partition)
                 .key(audit.principal.as_bytes())
                 .payload(bytes.as_slice());
-            Self::enqueue(&self.producer, record).await?;
+            self.enqueue(&self.producer, record).await?;
             sends.push(acked);
         }
         Ok(sends)
@@ -801,6 +964,7 @@ impl Pipeline {
 
     /// Queues one record; while the producer's queue is full, waits.
     async fn enqueue(
+        &self,
         producer: &PolledProducer<Acks>,
         mut record: BaseRecord<'_, [u8], [u8], AckSender>,
     ) -> Result<()> {
@@ -808,6 +972,9 @@ impl Pipeline {
             match producer.send(record) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    if self.give_up.is_cancelled() {
+                        return Err(self.unacknowledged(1));
+                    }
                     record = back;
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
