@@ -34,7 +34,7 @@ pub const ROLLING_MINUTES: usize = 15;
 
 /// First byte of an encoded baseline; bumped whenever the layout changes,
 /// so state written by another version is recognised instead of misread.
-const STATE_VERSION: u8 = 2;
+const STATE_VERSION: u8 = 3;
 
 const NS_PER_MINUTE: i64 = 60_000_000_000;
 const NS_PER_HOUR: i64 = 60 * NS_PER_MINUTE;
@@ -60,6 +60,12 @@ pub fn stable_hash(text: &str) -> u64 {
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
     hash
+}
+
+/// What a week's observations weigh `weeks` weeks later.
+fn weeks_of_decay(weeks: i64) -> f64 {
+    // Past 10,000 weeks the weight is 0 in any case.
+    (1.0 - ALPHA).powi(weeks.clamp(0, 10_000) as i32)
 }
 
 /// The four volume features, as one vector.
@@ -96,7 +102,12 @@ pub struct Bucket {
 impl Bucket {
     fn fold(&mut self, volume: Volume) {
         // Early on, weigh observations equally; later, decay at ALPHA.
-        let alpha = ALPHA.max(1.0 / f64::from(self.n + 1));
+        self.fold_at(volume, ALPHA.max(1.0 / f64::from(self.n + 1)));
+    }
+
+    /// Folds `volume` in with weight `alpha` (0..=1) against what the
+    /// bucket holds.
+    fn fold_at(&mut self, volume: Volume, alpha: f64) {
         for (i, x) in volume.as_array().into_iter().enumerate() {
             let diff = x - self.mean[i];
             let increment = alpha * diff;
@@ -142,6 +153,10 @@ pub struct Baseline {
     pub days_observed: u32,
     /// Rolling window: (minute index, PHI opens, PHI bytes read) per slot.
     rolling: Vec<(i64, u32, u64)>,
+    /// A role's weights, per bucket: the week of the newest member-hour
+    /// folded in and the decayed weight of all of them (empty for users and
+    /// hosts; see [`Baseline::fold_member_hour`]).
+    member_weights: Vec<(i64, f64)>,
 }
 
 /// What an event contributes to the volume features.
@@ -160,6 +175,9 @@ impl Baseline {
     pub fn decode(bytes: &[u8]) -> Option<Baseline> {
         match bytes.split_first() {
             Some((&STATE_VERSION, body)) => postcard::from_bytes(body).ok(),
+            // Version 2 lacked `member_weights`, the last field: an empty
+            // one is a single zero byte (its length).
+            Some((2, body)) => postcard::from_bytes(&[body, &[0]].concat()).ok(),
             _ => None,
         }
     }
@@ -248,13 +266,39 @@ impl Baseline {
         }
     }
 
-    /// Folds another entity's closed hour into this one (a role folding a
-    /// member's hour), without touching this entity's open hour.
+    /// Folds a member's closed hour into this role, without touching the
+    /// role's open hour. A role's bucket decays by week, not by
+    /// observation: every member-hour of a week weighs the same, each week
+    /// counts 1 - [`ALPHA`] as much as the next (the five weeks of memory a
+    /// user's bucket has), and a member-hour of an earlier week (the
+    /// silent hours a returning member folds) weighs what it would have
+    /// weighed then.
     pub fn fold_member_hour(&mut self, hour: i64, volume: Volume) {
         if self.buckets.is_empty() {
             self.buckets = vec![Bucket::default(); BUCKETS];
         }
-        self.buckets[hour_of_week(hour)].fold(volume);
+        if self.member_weights.len() != BUCKETS {
+            self.member_weights = vec![(i64::MIN, 0.0); BUCKETS];
+        }
+        let bucket = hour_of_week(hour);
+        let week = hour.div_euclid(BUCKETS as i64);
+        let (newest, total) = &mut self.member_weights[bucket];
+        let folded = self.buckets[bucket].n;
+        if *newest == i64::MIN && folded > 0 {
+            // A bucket from before the weights were kept (state version 2):
+            // as much weight as the per-observation decay gave it.
+            *newest = week;
+            *total = f64::from(folded).min(1.0 / ALPHA);
+        }
+        let weight = if week >= *newest {
+            *total *= weeks_of_decay(week.saturating_sub(*newest));
+            *newest = week;
+            1.0
+        } else {
+            weeks_of_decay(*newest - week)
+        };
+        *total += weight;
+        self.buckets[bucket].fold_at(volume, weight / *total);
     }
 
     /// PHI opens and PHI bytes read in the rolling window ending at `time`.
@@ -368,6 +412,67 @@ mod tests {
         assert_eq!(b.age_days(monday9 + 9 * 168 * HOUR), 63);
     }
 
+    /// `members` members of a role each read `events` PHI files in the
+    /// Monday 09:00 hour of `week`, and their hours close.
+    fn role_week(role: &mut Baseline, members: &mut [Baseline], week: i64, events: usize) {
+        let monday9 = 1_795_392_000_i64 * 1_000_000_000 + 9 * HOUR;
+        let start = monday9 + week * 168 * HOUR;
+        for member in members.iter_mut() {
+            for (hour, volume) in member.advance_to(hour_index(start)) {
+                role.fold_member_hour(hour, volume);
+            }
+            for i in 0..events {
+                member.add(start + i as i64, phi_open("/phi/a"));
+            }
+            for (hour, volume) in member.advance_to(hour_index(start) + 1) {
+                role.fold_member_hour(hour, volume);
+            }
+        }
+    }
+
+    #[test]
+    fn a_role_remembers_weeks_not_member_hours() {
+        let monday9 = hour_index(1_795_392_000_i64 * 1_000_000_000 + 9 * HOUR);
+        let mut role = Baseline::default();
+        let mut members = vec![Baseline::default(); 10];
+        for week in 0..6 {
+            role_week(&mut role, &mut members, week, 100);
+        }
+        let learned = role.bucket(monday9);
+        assert!((learned.mean[0] - 100.0).abs() < 1.0, "{learned:?}");
+        // One quiet Monday morning for the whole role: a week, not the
+        // role's whole memory. Folded per member-hour at 0.2, ten quiet
+        // hours left 100 * 0.8^10 = 11 of the mean.
+        role_week(&mut role, &mut members, 6, 0);
+        let quiet = role.bucket(monday9);
+        assert!(
+            (60.0..90.0).contains(&quiet.mean[0]),
+            "one quiet week of five weeks' memory: {quiet:?}"
+        );
+    }
+
+    #[test]
+    fn a_returning_member_does_not_wipe_the_role() {
+        let monday9 = hour_index(1_795_392_000_i64 * 1_000_000_000 + 9 * HOUR);
+        let mut role = Baseline::default();
+        let mut members = vec![Baseline::default(); 10];
+        let mut away = vec![Baseline::default()];
+        role_week(&mut role, &mut away, 0, 100);
+        for week in 0..8 {
+            role_week(&mut role, &mut members, week, 100);
+        }
+        // Back after seven weeks away: four weeks of silent hours (the
+        // most folded at once) go into the role, each for the week it
+        // belongs to. Folded at 0.2 apiece they took the Monday 09:00 mean
+        // to 100 * 0.8^4 = 41 (53 after the member's own busy hour).
+        role_week(&mut role, &mut away, 8, 100);
+        let bucket = role.bucket(monday9);
+        assert!(
+            bucket.mean[0] > 90.0,
+            "four silent hours among 80 busy ones: {bucket:?}"
+        );
+    }
+
     #[test]
     fn rolling_window_forgets_after_fifteen_minutes() {
         let mut b = Baseline::default();
@@ -419,6 +524,35 @@ mod tests {
         other[0] = STATE_VERSION + 1;
         assert_eq!(Baseline::decode(&other), None);
         assert_eq!(Baseline::decode(&bytes[1..]), None);
+    }
+
+    #[test]
+    fn version_2_state_still_decodes() {
+        let monday9 = hour_index(1_795_392_000_i64 * 1_000_000_000 + 9 * HOUR);
+        let mut role = Baseline::default();
+        role_week(&mut role, &mut [Baseline::default()], 0, 100);
+        for _ in 0..9 {
+            role.buckets[hour_of_week(monday9)].fold(Volume {
+                events: 100.0,
+                ..Volume::default()
+            });
+        }
+        role.member_weights.clear();
+        // Version 2's layout: the same fields without `member_weights`.
+        let mut bytes = role.encode();
+        assert_eq!(bytes.pop(), Some(0), "an empty last field is one zero byte");
+        bytes[0] = 2;
+        let back = Baseline::decode(&bytes).expect("version 2 decodes");
+        assert_eq!(back, role);
+        // Its buckets carry on with the weight they had: a quiet week
+        // moves a learned bucket, it does not replace it.
+        let mut back = back;
+        back.fold_member_hour(monday9 + 168, Volume::default());
+        let bucket = back.bucket(monday9);
+        assert!(
+            (70.0..90.0).contains(&bucket.mean[0]),
+            "one quiet member-hour against a learned bucket: {bucket:?}"
+        );
     }
 
     #[test]
