@@ -197,7 +197,20 @@ fn audit_tail(
     let mut last_progress = Instant::now();
     let mut last: Option<AuditRecord> = None;
     let mut last_offset = -1;
+    let started = Instant::now();
+    let mut next_report = started + Duration::from_secs(10);
     loop {
+        if Instant::now() >= next_report {
+            next_report += Duration::from_secs(10);
+            tracing::info!(
+                %topic,
+                partition,
+                at = last_offset,
+                of = high,
+                elapsed_s = started.elapsed().as_secs(),
+                "Reading the audit chain's tail (tansu cannot start at the last record; Apache Kafka can: --resume-exact)"
+            );
+        }
         let reached_end = last_offset >= high - 1;
         let wait = if reached_end {
             quiet

@@ -46,7 +46,12 @@ pub fn producer_config(bootstrap: &str) -> ClientConfig {
 }
 
 /// A consumer-group member that commits offsets only when told to, starting
-/// from the earliest offset when the group has none.
+/// from the earliest offset when the group has none. A member that dies is
+/// noticed within the 10 s session timeout; one that stays alive but stops
+/// polling keeps its partitions for up to 5 minutes (librdkafka's default
+/// `max.poll.interval.ms`), time enough for the detector to read an audit
+/// chain's tail from a partition's start (tansu) or to wait out a broker
+/// outage without being sent out of the group and rebalancing again.
 pub fn consumer_config(bootstrap: &str, group: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
@@ -58,7 +63,7 @@ pub fn consumer_config(bootstrap: &str, group: &str) -> ClientConfig {
         .set("fetch.wait.max.ms", fetch_wait_ms())
         .set("socket.nagle.disable", "true")
         .set("session.timeout.ms", "10000")
-        .set("max.poll.interval.ms", "15000");
+        .set("max.poll.interval.ms", "300000");
     config
 }
 
