@@ -148,6 +148,10 @@ pub struct Counters {
     pub rule_errors: u64,
     /// Transient consumer errors (see [`consume_error_is_fatal`]).
     pub consume_errors: u64,
+    /// Records consumed but not processed when their partitions were
+    /// revoked: whoever owns the partitions next consumes them again from
+    /// the stored offsets.
+    pub handed_back: u64,
     /// Time spent processing batches (decode, baselines, rules, audit).
     pub process_time: Duration,
     /// Time spent handing outputs to the producer, including waits while
@@ -358,7 +362,7 @@ pub struct Pipeline {
     /// Alerts and review items, sent without linger.
     alert_producer: PolledProducer<Acks>,
     processor: Processor,
-    revoked: Arc<AtomicBool>,
+    revocations: Revocations,
     resume_at: Arc<Mutex<HashMap<i32, i64>>>,
     counters: Counters,
     /// Batches whose outputs are with the broker and whose state waits for
@@ -372,6 +376,37 @@ pub struct Pipeline {
     /// Fault injection for the crash tests: abort after publishing this
     /// batch's outputs, before writing its state (`VIGIL_TEST_ABORT_AFTER_PUBLISH`).
     abort_after_publish: Option<u64>,
+}
+
+/// Revocations the consumer context reports, as the service loop sees them.
+struct Revocations {
+    /// Set by the consumer context when partitions are revoked.
+    revoked: Arc<AtomicBool>,
+    /// A revocation was seen (and the records consumed before it handed
+    /// back); the next batch first settles and forgets the old assignment.
+    rebalanced: bool,
+}
+
+impl Revocations {
+    /// After a revocation, drops the records consumed before it (`pending`)
+    /// unprocessed: their partitions may now be another instance's, which
+    /// reads them from the stored offsets, as does this one if it gets them
+    /// back. Processing them here would race the new owner on the audit
+    /// chain.
+    fn hand_back(&mut self, counters: &mut Counters, pending: &mut Vec<Input>) {
+        if !self.revoked.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        self.rebalanced = true;
+        if !pending.is_empty() {
+            counters.handed_back += pending.len() as u64;
+            tracing::info!(
+                records = pending.len(),
+                "Partitions revoked: consumed records handed back unprocessed"
+            );
+            pending.clear();
+        }
+    }
 }
 
 /// A published record's acknowledgement: answered by the producer's
@@ -501,7 +536,10 @@ impl Pipeline {
             producer,
             alert_producer,
             processor,
-            revoked,
+            revocations: Revocations {
+                revoked,
+                rebalanced: false,
+            },
             resume_at,
             counters: Counters::default(),
             in_flight: VecDeque::new(),
@@ -564,6 +602,10 @@ impl Pipeline {
                     // fetch response brings many at once), without waiting.
                     let mut next = Some(message);
                     while let Some(message) = next {
+                        // A revocation happens inside `recv`: what was
+                        // consumed before it goes back, what comes after
+                        // belongs to the new assignment.
+                        self.revocations.hand_back(&mut self.counters, &mut pending);
                         match message {
                             Ok(message) => Self::accept(
                                 &self.resume_at,
@@ -616,6 +658,7 @@ impl Pipeline {
             dead_letters = c.dead_letters,
             rule_errors = c.rule_errors,
             consume_errors = c.consume_errors,
+            handed_back = c.handed_back,
             process_ms = c.process_time.as_millis() as u64,
             publish_ms = c.publish_time.as_millis() as u64,
             settle_ms = c.settle_time.as_millis() as u64,
@@ -684,8 +727,10 @@ impl Pipeline {
         });
     }
 
-    async fn flush(&mut self, inputs: Vec<Input>) -> Result<()> {
-        if self.revoked.swap(false, Ordering::SeqCst) {
+    async fn flush(&mut self, mut inputs: Vec<Input>) -> Result<()> {
+        // A revocation during a `recv` the select dropped is seen here.
+        self.revocations.hand_back(&mut self.counters, &mut inputs);
+        if std::mem::take(&mut self.revocations.rebalanced) {
             // Write what earlier batches produced before forgetting them.
             self.checkpoint_now().await?;
             self.processor.reset_after_rebalance();
@@ -703,6 +748,9 @@ impl Pipeline {
                     .or_insert(next);
             }
             drop(resume_at);
+        }
+        if inputs.is_empty() {
+            return Ok(());
         }
         let partitions: HashSet<i32> = inputs.iter().map(|i| i.partition).collect();
         for partition in self.processor.unopened(partitions.iter().copied()) {
