@@ -285,72 +285,60 @@ fn partition_count<C: ConsumerContext, T: Consumer<C>>(
     Ok(count)
 }
 
-/// The number of partitions of `topic`, asked until the broker answers:
-/// a detector started during a broker outage waits it out instead of
-/// exiting. An answer naming no such topic is an error.
-async fn wait_for_broker<C: ConsumerContext, T: Consumer<C>>(
-    consumer: &T,
+/// Runs `attempt` until it succeeds or fails for a reason other than an
+/// unreachable broker, once each [`BROKER_RETRY`], warning `what` when the
+/// wait starts and then each minute. Ends with `give_up`'s error if that
+/// comes first.
+async fn until_broker_answers<T, Attempt>(
     brokers: &str,
-    topic: &str,
-) -> Result<usize> {
-    let mut waiting = Waiting::new();
+    what: &str,
+    give_up: impl Future<Output = Error>,
+    mut attempt: impl FnMut() -> Attempt,
+) -> Result<T>
+where
+    Attempt: Future<Output = Result<T>>,
+{
+    tokio::pin!(give_up);
+    let started = Instant::now();
+    let mut next_report = started;
     loop {
-        // Short attempts, so a signal ends the wait (between them) soon.
-        match partition_count(consumer, brokers, topic, Duration::from_secs(2)) {
+        match attempt().await {
             Err(Error::Kafka { source, .. }) if broker_unreachable(&source) => {
-                if let Some(waited_s) = waiting.report_due() {
+                let now = Instant::now();
+                if now >= next_report {
+                    next_report = now + Duration::from_secs(60);
                     tracing::warn!(
                         %brokers,
                         error = %source,
-                        waited_s,
-                        "The broker does not answer; retrying every second (check --brokers if this goes on)"
+                        waited_s = now.duration_since(started).as_secs(),
+                        "{what}; retrying every second"
                     );
                 }
-                tokio::time::sleep(BROKER_RETRY).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(BROKER_RETRY) => {}
+                    error = &mut give_up => return Err(error),
+                }
             }
             answered => return answered,
         }
     }
 }
 
-/// A wait for the broker, reported when it starts and then each minute.
-struct Waiting {
-    started: Instant,
-    next_report: Instant,
-}
-
-impl Waiting {
-    fn new() -> Self {
-        let now = Instant::now();
-        Waiting {
-            started: now,
-            next_report: now,
-        }
-    }
-
-    /// The seconds waited so far, when it is time to say so again.
-    fn report_due(&mut self) -> Option<u64> {
-        let now = Instant::now();
-        if now < self.next_report {
-            return None;
-        }
-        self.next_report = now + Duration::from_secs(60);
-        Some(now.duration_since(self.started).as_secs())
-    }
-}
-
-/// Whether a metadata request failed for want of a broker (down,
-/// restarting, unreachable) rather than because of what it asked.
+/// Whether a request failed for want of a broker (down, restarting,
+/// unreachable) rather than because of what it asked: a metadata request
+/// that got no answer, or a consumer error librdkafka retries.
 fn broker_unreachable(error: &KafkaError) -> bool {
-    matches!(
-        error,
-        KafkaError::MetadataFetch(
+    match error {
+        KafkaError::MetadataFetch(code) => matches!(
+            code,
             RDKafkaErrorCode::BrokerTransportFailure
                 | RDKafkaErrorCode::AllBrokersDown
                 | RDKafkaErrorCode::OperationTimedOut
                 | RDKafkaErrorCode::Resolve
-        )
-    )
+        ),
+        KafkaError::MessageConsumption(_) => !consume_error_is_fatal(error),
+        _ => false,
+    }
 }
 
 /// The running service.
@@ -486,7 +474,22 @@ impl Pipeline {
         let consumer: StreamConsumer<DetectorContext> = consumer_config
             .create_with_context(context)
             .map_err(|e| Error::kafka("create consumer", e))?;
-        let events = wait_for_broker(&consumer, &config.brokers, &config.events_topic).await?;
+        // A detector started during a broker outage waits it out, in short
+        // attempts so that a signal (main's select) ends the wait soon.
+        let events = until_broker_answers(
+            &config.brokers,
+            "The broker does not answer (check --brokers if this goes on)",
+            std::future::pending(),
+            || async {
+                partition_count(
+                    &consumer,
+                    &config.brokers,
+                    &config.events_topic,
+                    Duration::from_secs(2),
+                )
+            },
+        )
+        .await?;
         let audit = partition_count(
             &consumer,
             &config.brokers,
@@ -807,41 +810,30 @@ impl Pipeline {
     /// The last audit record of `partition`, read again each second while
     /// the broker cannot be reached, until the shutdown grace runs out.
     async fn read_audit_tail(&self, partition: i32) -> Result<Option<ChainHead>> {
-        let mut waiting = Waiting::new();
-        loop {
-            let brokers = self.config.brokers.clone();
-            let topic = self.config.audit_topic.clone();
-            let exact = self.config.resume_exact;
-            let read =
-                tokio::task::spawn_blocking(move || audit_tail(&brokers, &topic, partition, exact))
+        until_broker_answers(
+            &self.config.brokers,
+            &format!("Cannot read the tail of audit partition {partition}"),
+            async {
+                self.give_up.cancelled().await;
+                // The batch in hand is not committed either.
+                self.unacknowledged(1)
+            },
+            || {
+                let brokers = self.config.brokers.clone();
+                let topic = self.config.audit_topic.clone();
+                let exact = self.config.resume_exact;
+                async move {
+                    tokio::task::spawn_blocking(move || {
+                        audit_tail(&brokers, &topic, partition, exact)
+                    })
                     .await
                     .map_err(|e| Error::Internal {
                         what: format!("audit tail reader panicked: {e}"),
-                    })?;
-            match read {
-                Err(Error::Kafka { source, .. })
-                    if broker_unreachable(&source)
-                        || matches!(*source, KafkaError::MessageConsumption(_))
-                            && !consume_error_is_fatal(&source) =>
-                {
-                    if let Some(waited_s) = waiting.report_due() {
-                        tracing::warn!(
-                            brokers = %self.config.brokers,
-                            partition,
-                            error = %source,
-                            waited_s,
-                            "Cannot read the audit chain's tail; retrying every second"
-                        );
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(BROKER_RETRY) => {}
-                        // The batch in hand is not committed either.
-                        _ = self.give_up.cancelled() => return Err(self.unacknowledged(1)),
-                    }
+                    })?
                 }
-                read => return read,
-            }
-        }
+            },
+        )
+        .await
     }
 
     /// Commits, in order, every published batch whose outputs the broker

@@ -15,12 +15,11 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{MONDAY, file_event, read_topic};
+use common::{MONDAY, file_event, produce_with, read_topic};
 use rdkafka::Message;
-use rdkafka::producer::FutureRecord;
 use vigil_detector::audit_chain::Verifier;
 use vigil_schemas::testkit::TestBroker;
-use vigil_schemas::{AuditRecord, Kind, decode, encode};
+use vigil_schemas::{AuditRecord, Kind, decode};
 
 const SETTLE: Duration = Duration::from_secs(3);
 const TIMEOUT: Duration = Duration::from_secs(90);
@@ -63,18 +62,7 @@ async fn a_joining_instance_takes_partitions_and_nothing_is_audited_twice() {
     let producer = broker.producer();
     let mut b = None;
     for r in 0..ROUNDS {
-        let events = round(r);
-        let encoded: Vec<(String, Vec<u8>)> =
-            events.iter().map(|e| (e.principal(), encode(e))).collect();
-        for (key, payload) in &encoded {
-            producer
-                .send(
-                    FutureRecord::to(&topics.events).key(key).payload(payload),
-                    Duration::from_secs(30),
-                )
-                .await
-                .unwrap_or_else(|(e, _)| panic!("produce: {e}"));
-        }
+        produce_with(&producer, &topics.events, &round(r)).await;
         if r == 10 {
             b = Some(common::spawn_detector(config_b.clone(), "detector B starts").await);
         }

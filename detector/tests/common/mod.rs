@@ -9,7 +9,7 @@ use std::time::Duration;
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::OwnedMessage;
-use rdkafka::producer::FutureRecord;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 use vigil_detector::config::DetectorConfig;
 use vigil_detector::pipeline::{Counters, Pipeline};
@@ -91,7 +91,12 @@ pub async fn spawn_detector(
 pub use vigil_schemas::testkit::file_event;
 
 pub async fn produce_events(broker: &TestBroker, topic: &str, events: &[Event]) {
-    let producer = broker.producer();
+    produce_with(&broker.producer(), topic, events).await;
+}
+
+/// [`produce_events`] through a producer the caller keeps (a test producing
+/// many rounds need not connect for each).
+pub async fn produce_with(producer: &FutureProducer, topic: &str, events: &[Event]) {
     let encoded: Vec<(String, Vec<u8>)> =
         events.iter().map(|e| (e.principal(), encode(e))).collect();
     let mut sends = Vec::new();
