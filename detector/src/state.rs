@@ -9,7 +9,9 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use rocksdb::{ColumnFamilyDescriptor, DB, Options, WriteBatch};
 use serde::{Deserialize, Serialize};
@@ -71,6 +73,17 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
 const CF_OFFSETS: &str = "offsets";
 const CF_CHAIN: &str = "audit_chain";
 const CF_ALERTED: &str = "alerted";
+/// Small values about the store itself, such as [`ALERTED_WATERMARK`].
+const CF_META: &str = "meta";
+/// The newest event time (ms) of any alert id written: alert ids whose
+/// event time is more than [`ALERT_MEMORY`] older are dropped.
+const ALERTED_WATERMARK: &[u8] = b"alerted_watermark";
+
+/// How long, in event time behind the newest alert, a published alert's id
+/// is remembered. Only an event this much older than the newest alert could
+/// find its window's alert forgotten and publish it again, under the same
+/// id; without a bound the ids (about 60 bytes each) grow forever.
+pub const ALERT_MEMORY: Duration = Duration::from_secs(7 * 24 * 3600);
 
 fn offset_key(topic: &str, partition: i32) -> Vec<u8> {
     let mut key = topic.as_bytes().to_vec();
@@ -82,6 +95,10 @@ fn offset_key(topic: &str, partition: i32) -> Vec<u8> {
 /// RocksDB-backed state.
 pub struct RocksStore {
     db: DB,
+    /// [`ALERTED_WATERMARK`] as last written; shared with the `alerted`
+    /// family's compaction filter, which drops the ids older than it by
+    /// more than [`ALERT_MEMORY`] whenever RocksDB compacts that family.
+    alerted_watermark: Arc<AtomicI64>,
 }
 
 impl std::fmt::Debug for RocksStore {
@@ -98,16 +115,41 @@ impl RocksStore {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
+        let alerted_watermark = Arc::new(AtomicI64::new(i64::MIN));
         let families = Dimension::ALL
             .iter()
             .map(|d| d.column_family())
-            .chain([CF_OFFSETS, CF_CHAIN, CF_ALERTED])
-            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+            .chain([CF_OFFSETS, CF_CHAIN, CF_META])
+            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()))
+            .chain([ColumnFamilyDescriptor::new(
+                CF_ALERTED,
+                forget_old_alerts(Arc::clone(&alerted_watermark)),
+            )]);
         let db = DB::open_cf_descriptors(&options, dir, families).map_err(|e| Error::State {
             context: format!("open RocksDB at {}", dir.display()),
             source: Box::new(e),
         })?;
-        Ok(RocksStore { db })
+        let store = RocksStore {
+            db,
+            alerted_watermark,
+        };
+        if let Some(bytes) = store.get(CF_META, ALERTED_WATERMARK)? {
+            let watermark = be_i64(&bytes).ok_or_else(|| Error::State {
+                context: format!("read the alert ids' watermark in {}", dir.display()),
+                source: format!("{} bytes where 8 were expected", bytes.len()).into(),
+            })?;
+            store.alerted_watermark.store(watermark, Ordering::Relaxed);
+        }
+        Ok(store)
+    }
+
+    /// Compacts the `alerted` family now, dropping the alert ids older than
+    /// the watermark by more than [`ALERT_MEMORY`] (RocksDB otherwise does
+    /// so as the family's files are compacted in the background).
+    pub fn compact_alerted(&self) -> Result<()> {
+        self.db
+            .compact_range_cf(self.cf(CF_ALERTED)?, None::<&[u8]>, None::<&[u8]>);
+        Ok(())
     }
 
     fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily> {
@@ -125,6 +167,34 @@ impl RocksStore {
     }
 }
 
+fn be_i64(bytes: &[u8]) -> Option<i64> {
+    bytes.try_into().ok().map(i64::from_be_bytes)
+}
+
+/// Options for the `alerted` family: a compaction filter removing the ids
+/// whose event time is more than [`ALERT_MEMORY`] older than `watermark`.
+/// A value that is not a time is kept.
+fn forget_old_alerts(watermark: Arc<AtomicI64>) -> Options {
+    let memory = ALERT_MEMORY.as_millis() as i64;
+    let mut options = Options::default();
+    // The filter only sees files being compacted: a small memtable (tens of
+    // thousands of ids) reaches a file soon, and every file is compacted
+    // again at least daily, so forgotten ids do not linger for weeks.
+    options.set_write_buffer_size(4 << 20);
+    options.set_periodic_compaction_seconds(24 * 3600);
+    options.set_compaction_filter(
+        "forget_old_alerts",
+        move |_level: u32, _key: &[u8], value: &[u8]| {
+            let horizon = watermark.load(Ordering::Relaxed).saturating_sub(memory);
+            match be_i64(value) {
+                Some(time) if time < horizon => rocksdb::compaction_filter::Decision::Remove,
+                _ => rocksdb::compaction_filter::Decision::Keep,
+            }
+        },
+    );
+    options
+}
+
 impl StateStore for RocksStore {
     fn baseline(&self, dimension: Dimension, key: &str) -> Result<Option<Vec<u8>>> {
         self.get(dimension.column_family(), key.as_bytes())
@@ -133,7 +203,7 @@ impl StateStore for RocksStore {
     fn offset(&self, topic: &str, partition: i32) -> Result<Option<i64>> {
         Ok(self
             .get(CF_OFFSETS, &offset_key(topic, partition))?
-            .and_then(|v| v.try_into().ok().map(i64::from_be_bytes)))
+            .and_then(|v| be_i64(&v)))
     }
 
     fn chain_head(&self, partition: i32) -> Result<Option<ChainHead>> {
@@ -177,6 +247,15 @@ impl StateStore for RocksStore {
                 time_ms.to_be_bytes(),
             );
         }
+        let newest = write.alerted.iter().map(|(_, time)| *time).max();
+        let watermark = newest.filter(|&t| t > self.alerted_watermark.load(Ordering::Relaxed));
+        if let Some(watermark) = watermark {
+            batch.put_cf(
+                self.cf(CF_META)?,
+                ALERTED_WATERMARK,
+                watermark.to_be_bytes(),
+            );
+        }
         // Written to the WAL without fsync: a crashed process loses nothing
         // (the kernel holds the WAL), and a power loss only rolls the state
         // back a few batches, which are then processed again — outputs are
@@ -189,7 +268,11 @@ impl StateStore for RocksStore {
             .map_err(|e| Error::State {
                 context: "commit batch state".into(),
                 source: Box::new(e),
-            })
+            })?;
+        if let Some(watermark) = watermark {
+            self.alerted_watermark.store(watermark, Ordering::Relaxed);
+        }
+        Ok(())
     }
 }
 
@@ -313,5 +396,46 @@ mod tests {
             reopened.baseline(Dimension::User, "alice").expect("read"),
             Some(vec![1, 2, 3])
         );
+    }
+
+    fn alert(store: &RocksStore, id: &str, time_ms: i64) {
+        store
+            .commit(StateWrite {
+                alerted: vec![(id.into(), time_ms)],
+                ..StateWrite::default()
+            })
+            .expect("commit");
+    }
+
+    fn remembered(store: &RocksStore) -> Vec<&'static str> {
+        ["old", "recent", "newest", "older"]
+            .into_iter()
+            .filter(|id| store.was_alerted(id).expect("read"))
+            .collect()
+    }
+
+    #[test]
+    fn alert_ids_are_forgotten_a_week_behind_the_newest_alert() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let day = 24 * 3600 * 1000;
+        let memory = ALERT_MEMORY.as_millis() as i64;
+        let store = RocksStore::open(dir.path()).expect("open");
+        alert(&store, "old", 0);
+        alert(&store, "recent", 2 * day);
+        store.compact_alerted().expect("compact");
+        assert_eq!(remembered(&store), ["old", "recent"]);
+
+        alert(&store, "newest", memory + day);
+        store.compact_alerted().expect("compact");
+        assert_eq!(remembered(&store), ["recent", "newest"]);
+
+        // The watermark outlives a restart: an id written after it, but
+        // already older than the memory, goes at the next compaction.
+        drop(store);
+        let store = RocksStore::open(dir.path()).expect("reopen");
+        alert(&store, "older", day / 2);
+        assert_eq!(remembered(&store), ["recent", "newest", "older"]);
+        store.compact_alerted().expect("compact");
+        assert_eq!(remembered(&store), ["recent", "newest"]);
     }
 }
