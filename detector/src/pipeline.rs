@@ -124,6 +124,8 @@ impl ConsumerContext for DetectorContext {
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let revoked: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                tracing::info!(?revoked, "Partitions revoked");
                 self.revoked.store(true, Ordering::SeqCst);
                 if let Err(e) = consumer.unassign() {
                     tracing::error!(error = %e, "Unassigning partitions");
