@@ -65,6 +65,8 @@ pub struct RunArgs {
     /// partition. Right for Apache Kafka; without it the partition is reread
     /// from its beginning and already processed records are skipped, which
     /// the tansu broker needs (it cannot fetch from inside a record batch).
+    /// With it, an audit chain's tail that the broker does not send from the
+    /// partition's last offset is an error, not a reread from the beginning.
     #[arg(long, env = "VIGIL_RESUME_EXACT")]
     pub resume_exact: bool,
 

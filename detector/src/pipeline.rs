@@ -165,9 +165,21 @@ pub struct Counters {
     pub settle_time: Duration,
 }
 
-/// Reads the last record of an audit partition, if any. With `exact` it
-/// fetches the last offset directly; otherwise it reads the partition from
-/// its beginning (tansu cannot fetch from inside a record batch).
+/// How long a tail read starting at an audit partition's last record waits
+/// for it before reading the partition from its beginning instead. The
+/// broker answers within its fetch wait (milliseconds) when it can start
+/// there.
+const TAIL_PROBE: Duration = Duration::from_secs(2);
+
+/// Reads the last record of an audit partition, if any, starting at the
+/// high watermark's offset minus one. That is the last record on Apache
+/// Kafka and on tansu's SQLite storage, and the first record of the last
+/// record batch on tansu's memory storage (whose high watermark is that
+/// offset + 1); either way the read goes on past the watermark until the
+/// partition is quiet. Unless `exact`, a broker that sends nothing from
+/// there within [`TAIL_PROBE`] (one that cannot start inside a record
+/// batch) is read from the partition's beginning instead, which takes
+/// about 5 s per 100,000 records on tansu's SQLite storage.
 fn audit_tail(
     brokers: &str,
     topic: &str,
@@ -183,25 +195,61 @@ fn audit_tail(
     if high <= low {
         return Ok(None);
     }
-    let start = if exact {
-        Offset::Offset(high - 1)
-    } else {
-        Offset::Beginning
+    let tail = read_tail(&consumer, topic, partition, high, high - 1, !exact)?;
+    Ok(tail.last.map(|record| {
+        let mut hash = [0u8; 32];
+        if record.hash.len() == 32 {
+            hash.copy_from_slice(&record.hash);
+        }
+        ChainHead {
+            seq: record.seq,
+            hash,
+            source_offset: record.source_offset,
+        }
+    }))
+}
+
+/// What [`read_tail`] found.
+#[derive(Debug)]
+struct Tail {
+    last: Option<AuditRecord>,
+    /// The read started again from the partition's beginning.
+    from_beginning: bool,
+}
+
+/// Reads `topic/partition` from offset `start` until the partition is quiet
+/// past `high` (its high watermark) and returns the last record. With
+/// `fall_back`, a read that gets nothing within [`TAIL_PROBE`] starts again
+/// from the partition's beginning.
+fn read_tail(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    high: i64,
+    start: i64,
+    mut fall_back: bool,
+) -> Result<Tail> {
+    let assign = |offset: Offset| {
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset(topic, partition, offset)
+            .map_err(|e| Error::kafka("build audit tail assignment", e))?;
+        consumer
+            .assign(&assignment)
+            .map_err(|e| Error::kafka("assign audit tail", e))
     };
-    let mut assignment = TopicPartitionList::new();
-    assignment
-        .add_partition_offset(topic, partition, start)
-        .map_err(|e| Error::kafka("build audit tail assignment", e))?;
-    consumer
-        .assign(&assignment)
-        .map_err(|e| Error::kafka("assign audit tail", e))?;
+    assign(Offset::Offset(start))?;
     // Read to the end: past the high watermark until the partition is
-    // quiet, because tansu (0.6) reports the high watermark as the last
-    // record batch's first offset + 1, not the last record's offset + 1.
+    // quiet, because tansu's memory storage (0.6) reports the high
+    // watermark as the last record batch's first offset + 1, not the last
+    // record's offset + 1.
     let idle_limit = Duration::from_secs(10);
     let quiet = Duration::from_millis(300);
     let mut last_progress = Instant::now();
-    let mut last: Option<AuditRecord> = None;
+    let mut tail = Tail {
+        last: None,
+        from_beginning: false,
+    };
     let mut last_offset = -1;
     let started = Instant::now();
     let mut next_report = started + Duration::from_secs(10);
@@ -214,8 +262,20 @@ fn audit_tail(
                 at = last_offset,
                 of = high,
                 elapsed_s = started.elapsed().as_secs(),
-                "Reading the audit chain's tail (tansu cannot start at the last record; Apache Kafka can: --resume-exact)"
+                "Reading the audit chain's tail from the partition's beginning"
             );
+        }
+        if fall_back && tail.last.is_none() && started.elapsed() >= TAIL_PROBE {
+            tracing::warn!(
+                %topic,
+                partition,
+                start,
+                "The broker sent nothing from the audit partition's last offset; reading it from its beginning"
+            );
+            fall_back = false;
+            tail.from_beginning = true;
+            assign(Offset::Beginning)?;
+            last_progress = Instant::now();
         }
         let reached_end = last_offset >= high - 1;
         let wait = if reached_end {
@@ -248,19 +308,9 @@ fn audit_tail(
             ),
         })?;
         last_offset = message.offset();
-        last = Some(record);
+        tail.last = Some(record);
     }
-    Ok(last.map(|record| {
-        let mut hash = [0u8; 32];
-        if record.hash.len() == 32 {
-            hash.copy_from_slice(&record.hash);
-        }
-        ChainHead {
-            seq: record.seq,
-            hash,
-            source_offset: record.source_offset,
-        }
-    }))
+    Ok(tail)
 }
 
 fn partition_count<C: ConsumerContext, T: Consumer<C>>(
@@ -1163,5 +1213,82 @@ mod tests {
         assert_eq!(bounded("short", 10), "short");
         assert_eq!(bounded("ab\u{e9}cd", 3), "ab", "the accent is two bytes");
         assert_eq!(bounded("ab\u{e9}cd", 4), "ab\u{e9}");
+    }
+
+    /// Publishes `count` audit records of one chain to partition 0 of
+    /// `topic`, `per_send` at a time (each lot becomes a record batch or
+    /// a few).
+    async fn publish_chain(
+        broker: &vigil_schemas::testkit::TestBroker,
+        topic: &str,
+        count: i64,
+        per_send: i64,
+    ) {
+        let producer = broker.producer();
+        let mut chains = crate::audit_chain::AuditChains::default();
+        let event = vigil_schemas::testkit::file_event(
+            "alice",
+            vigil_schemas::Kind::Open,
+            "/srv/phi/a",
+            0,
+            0,
+        );
+        for lot in 0..count / per_send {
+            let payloads: Vec<Vec<u8>> = (0..per_send)
+                .map(|i| {
+                    let record = chains
+                        .append(0, &event, "alice", "events", lot * per_send + i, 0)
+                        .expect("a new offset is appended");
+                    vigil_schemas::encode(&record)
+                })
+                .collect();
+            let sends = payloads.iter().map(|payload| {
+                producer.send(
+                    rdkafka::producer::FutureRecord::<(), _>::to(topic)
+                        .partition(0)
+                        .payload(payload),
+                    Duration::from_secs(30),
+                )
+            });
+            for result in futures::future::join_all(sends).await {
+                result.unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_tail_is_read_from_the_last_offset_or_else_from_the_beginning() {
+        let broker = vigil_schemas::testkit::TestBroker::start();
+        let topic = broker.topic("audit.tail", 1).await;
+        publish_chain(&broker, &topic, 300, 100).await;
+        let consumer: BaseConsumer = bus::consumer_config(broker.bootstrap(), "tail-test")
+            .create()
+            .expect("consumer");
+        let (_, high) = consumer
+            .fetch_watermarks(&topic, 0, Duration::from_secs(10))
+            .expect("watermarks");
+
+        let tail = read_tail(&consumer, &topic, 0, high, high - 1, true).expect("tail read");
+        assert_eq!(
+            tail.last.map(|r| r.seq),
+            Some(299),
+            "{topic}: high watermark {high}"
+        );
+        assert!(!tail.from_beginning, "read from offset {}", high - 1);
+
+        // tansu's memory storage reports the high watermark as the last
+        // batch's first offset + 1, and cannot start a fetch inside a batch:
+        // from `high` (inside the last batch) nothing comes, and the read
+        // starts again from the beginning.
+        assert!(
+            high <= 299,
+            "the last record batch holds more than one record: high watermark {high}"
+        );
+        let tail = read_tail(&consumer, &topic, 0, high, high, true).expect("tail read");
+        assert_eq!(tail.last.map(|r| r.seq), Some(299));
+        assert!(
+            tail.from_beginning,
+            "read from offset {high} needed the beginning"
+        );
     }
 }
