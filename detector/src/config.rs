@@ -61,12 +61,11 @@ pub struct RunArgs {
     #[arg(long, env = "VIGIL_ROLES")]
     pub roles: Option<PathBuf>,
 
-    /// Ask the broker for the stored offset itself when resuming a
-    /// partition. Right for Apache Kafka; without it the partition is reread
-    /// from its beginning and already processed records are skipped, which
-    /// the tansu broker needs (it cannot fetch from inside a record batch).
-    /// With it, an audit chain's tail that the broker does not send from the
-    /// partition's last offset is an error, not a reread from the beginning.
+    /// Trust the broker to serve any offset. Right for Apache Kafka. Without
+    /// it, a partition resumed at its stored offset that sends nothing for
+    /// 2 s is reread from its beginning, skipping processed records, and so
+    /// is an audit chain's tail: tansu's memory storage cannot fetch from
+    /// inside a record batch. With it, a tail read that stalls is an error.
     #[arg(long, env = "VIGIL_RESUME_EXACT")]
     pub resume_exact: bool,
 

@@ -59,20 +59,37 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a starting detector waits between attempts to reach the broker.
 const BROKER_RETRY: Duration = Duration::from_secs(1);
 
-/// Consumer context: resumes assigned partitions from the stored offsets.
+/// How long a partition resumed at its stored offset may send nothing
+/// before it is read from its beginning instead (see [`Resume`]).
+const RESUME_PROBE: Duration = Duration::from_secs(2);
+
+/// Where assigned partitions resume, shared by the consumer context (which
+/// fills it at each assignment) and the service loop.
 ///
-/// With `resume_exact` the broker is asked for the stored offset itself
-/// (right for Apache Kafka). Otherwise each assigned partition is read from
-/// its beginning and records below the stored offset are skipped in
-/// [`Pipeline::run`]: the tansu broker (0.6) answers a fetch only from the
-/// first offset of a stored record batch, so asking for an offset inside a
-/// batch would stall the partition forever.
+/// Each assigned partition is fetched from the offset stored with its
+/// state. The tansu broker (0.6) on its memory storage answers a fetch only
+/// from the first offset of a stored record batch: asked for an offset
+/// inside one, it sends nothing, forever. So, unless `resume_exact` (right
+/// for Apache Kafka), a partition that sends nothing within
+/// [`RESUME_PROBE`] of its assignment is read again from its beginning,
+/// and records below the stored offset are skipped (counted as `skipped`).
+/// A partition that is simply idle is reread too: the cost of the reread,
+/// never a stall.
+#[derive(Debug, Default)]
+struct Resume {
+    /// Next offset to process per partition, from the state store.
+    skip_below: HashMap<i32, i64>,
+    /// Partitions resumed at a stored offset that have sent nothing yet,
+    /// with the time of their assignment.
+    probing: HashMap<i32, Instant>,
+}
+
+/// Consumer context: resumes assigned partitions from the stored offsets.
 struct DetectorContext {
     store: Arc<dyn StateStore>,
     revoked: Arc<AtomicBool>,
     resume_exact: bool,
-    /// Next offset to process per partition, from the state store.
-    resume_at: Arc<Mutex<HashMap<i32, i64>>>,
+    resume: Arc<Mutex<Resume>>,
 }
 
 impl ClientContext for DetectorContext {}
@@ -91,11 +108,12 @@ impl ConsumerContext for DetectorContext {
                     .iter()
                     .map(|e| (e.topic().to_owned(), e.partition()))
                     .collect();
-                let mut resume_at = self
-                    .resume_at
+                let mut resume = self
+                    .resume
                     .lock()
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
-                resume_at.clear();
+                resume.skip_below.clear();
+                resume.probing.clear();
                 for (topic, partition) in &assigned {
                     let stored = match self.store.offset(topic, *partition) {
                         Ok(stored) => stored,
@@ -107,8 +125,9 @@ impl ConsumerContext for DetectorContext {
                     let start = match (stored, self.resume_exact) {
                         (Some(offset), true) => Offset::Offset(offset),
                         (Some(offset), false) => {
-                            resume_at.insert(*partition, offset);
-                            Offset::Beginning
+                            resume.skip_below.insert(*partition, offset);
+                            resume.probing.insert(*partition, Instant::now());
+                            Offset::Offset(offset)
                         }
                         (None, true) => Offset::Invalid,
                         (None, false) => Offset::Beginning,
@@ -118,7 +137,7 @@ impl ConsumerContext for DetectorContext {
                         tracing::error!(%topic, partition, error = %e, "Cannot set the start offset");
                     }
                 }
-                drop(resume_at);
+                drop(resume);
                 if let Err(e) = consumer.assign(tpl) {
                     tracing::error!(error = %e, "Assigning partitions");
                 }
@@ -142,6 +161,9 @@ pub struct Counters {
     pub batches: u64,
     /// Records below the stored offset, reread after an assignment.
     pub skipped: u64,
+    /// Partitions read again from their beginning because nothing came
+    /// from their stored offset (see [`Resume`]).
+    pub reread: u64,
     pub events: u64,
     pub dead_letters: u64,
     pub alerts: u64,
@@ -403,7 +425,7 @@ pub struct Pipeline {
     alert_producer: PolledProducer<Acks>,
     processor: Processor,
     revocations: Revocations,
-    resume_at: Arc<Mutex<HashMap<i32, i64>>>,
+    resume: Arc<Mutex<Resume>>,
     counters: Counters,
     /// Batches whose outputs are with the broker and whose state waits for
     /// their acknowledgements, oldest first.
@@ -512,12 +534,12 @@ impl Pipeline {
         let roles = RoleFile::open(config.roles.as_deref())?;
 
         let revoked = Arc::new(AtomicBool::new(false));
-        let resume_at = Arc::new(Mutex::new(HashMap::new()));
+        let resume = Arc::new(Mutex::new(Resume::default()));
         let context = DetectorContext {
             store: store.clone(),
             revoked: revoked.clone(),
             resume_exact: config.resume_exact,
-            resume_at: resume_at.clone(),
+            resume: resume.clone(),
         };
         let mut consumer_config = bus::consumer_config(&config.brokers, &config.group);
         if let Some(instance) = &config.instance_id {
@@ -595,7 +617,7 @@ impl Pipeline {
                 revoked,
                 rebalanced: false,
             },
-            resume_at,
+            resume,
             counters: Counters::default(),
             in_flight: VecDeque::new(),
             written: HashMap::new(),
@@ -644,6 +666,7 @@ impl Pipeline {
                 }
                 _ = housekeeping.tick() => {
                     self.reload().await;
+                    self.reread_stalled_partitions();
                     if Instant::now() >= next_progress {
                         next_progress = Instant::now() + PROGRESS_INTERVAL;
                         self.log_progress();
@@ -663,7 +686,7 @@ impl Pipeline {
                         self.revocations.hand_back(&mut self.counters, &mut pending);
                         match message {
                             Ok(message) => Self::accept(
-                                &self.resume_at,
+                                &self.resume,
                                 &mut self.counters,
                                 &message,
                                 &mut pending,
@@ -714,6 +737,8 @@ impl Pipeline {
             rule_errors = c.rule_errors,
             consume_errors = c.consume_errors,
             handed_back = c.handed_back,
+            skipped = c.skipped,
+            reread = c.reread,
             process_ms = c.process_time.as_millis() as u64,
             publish_ms = c.publish_time.as_millis() as u64,
             settle_ms = c.settle_time.as_millis() as u64,
@@ -760,16 +785,22 @@ impl Pipeline {
     /// Adds a consumed record to the pending batch, unless it is below the
     /// offset the state already holds for its partition.
     fn accept(
-        resume_at: &Mutex<HashMap<i32, i64>>,
+        resume: &Mutex<Resume>,
         counters: &mut Counters,
         message: &BorrowedMessage<'_>,
         pending: &mut Vec<Input>,
     ) {
-        let already_processed = resume_at
+        let mut resume = resume
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !resume.probing.is_empty() {
+            resume.probing.remove(&message.partition());
+        }
+        let already_processed = resume
+            .skip_below
             .get(&message.partition())
             .is_some_and(|next| message.offset() < *next);
+        drop(resume);
         if already_processed {
             counters.skipped += 1;
             return;
@@ -782,6 +813,52 @@ impl Pipeline {
         });
     }
 
+    /// Reads from their beginning the partitions resumed at a stored offset
+    /// that sent nothing within [`RESUME_PROBE`] (see [`Resume`]).
+    fn reread_stalled_partitions(&mut self) {
+        if self.config.resume_exact {
+            return;
+        }
+        let mut resume = self
+            .resume
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let stalled: Vec<i32> = resume
+            .probing
+            .iter()
+            .filter(|(_, since)| since.elapsed() >= RESUME_PROBE)
+            .map(|(&partition, _)| partition)
+            .collect();
+        for partition in stalled {
+            resume.probing.remove(&partition);
+            let topic = &self.config.events_topic;
+            let resumed_at = resume.skip_below.get(&partition).copied();
+            match self
+                .consumer
+                .seek(topic, partition, Offset::Beginning, Duration::ZERO)
+            {
+                Ok(()) => {
+                    self.counters.reread += 1;
+                    tracing::info!(
+                        %topic,
+                        partition,
+                        ?resumed_at,
+                        "Nothing came from the stored offset (idle, or inside a record batch tansu cannot start in); reading the partition from its beginning and skipping what was processed"
+                    );
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        %topic,
+                        partition,
+                        %error,
+                        "Cannot read the partition from its beginning yet; trying again"
+                    );
+                    resume.probing.insert(partition, Instant::now());
+                }
+            }
+        }
+    }
+
     async fn flush(&mut self, mut inputs: Vec<Input>) -> Result<()> {
         // A revocation during a `recv` the select dropped is seen here.
         self.revocations.hand_back(&mut self.counters, &mut inputs);
@@ -792,17 +869,18 @@ impl Pipeline {
             // The new assignment may have read the stored offsets before
             // that write: records up to what was just written are already
             // in the state and must not be processed again.
-            let mut resume_at = self
-                .resume_at
+            let mut resume = self
+                .resume
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             for (&partition, &next) in &self.written {
-                resume_at
+                resume
+                    .skip_below
                     .entry(partition)
                     .and_modify(|at| *at = (*at).max(next))
                     .or_insert(next);
             }
-            drop(resume_at);
+            drop(resume);
         }
         if inputs.is_empty() {
             return Ok(());
