@@ -146,6 +146,12 @@ impl ConsumerContext for DetectorContext {
                 let revoked: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
                 tracing::info!(?revoked, "Partitions revoked");
                 self.revoked.store(true, Ordering::SeqCst);
+                // Nothing to probe (or seek) until the next assignment.
+                self.resume
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .probing
+                    .clear();
                 if let Err(e) = consumer.unassign() {
                     tracing::error!(error = %e, "Unassigning partitions");
                 }
@@ -284,7 +290,8 @@ fn read_tail(
                 at = last_offset,
                 of = high,
                 elapsed_s = started.elapsed().as_secs(),
-                "Reading the audit chain's tail from the partition's beginning"
+                from_beginning = tail.from_beginning,
+                "Reading the audit chain's tail"
             );
         }
         if fall_back && tail.last.is_none() && started.elapsed() >= TAIL_PROBE {
