@@ -800,9 +800,7 @@ impl Pipeline {
         let mut resume = resume
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if !resume.probing.is_empty() {
-            resume.probing.remove(&message.partition());
-        }
+        resume.probing.remove(&message.partition());
         let already_processed = resume
             .skip_below
             .get(&message.partition())
@@ -821,11 +819,9 @@ impl Pipeline {
     }
 
     /// Reads from their beginning the partitions resumed at a stored offset
-    /// that sent nothing within [`RESUME_PROBE`] (see [`Resume`]).
+    /// that sent nothing within [`RESUME_PROBE`] (see [`Resume`]; with
+    /// `resume_exact` no partition is probed).
     fn reread_stalled_partitions(&mut self) {
-        if self.config.resume_exact {
-            return;
-        }
         let mut resume = self
             .resume
             .lock()
