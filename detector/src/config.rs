@@ -63,9 +63,11 @@ pub struct RunArgs {
 
     /// Trust the broker to serve any offset. Right for Apache Kafka. Without
     /// it, a partition resumed at its stored offset that sends nothing for
-    /// 2 s is reread from its beginning, skipping processed records, and so
-    /// is an audit chain's tail: tansu's memory storage cannot fetch from
-    /// inside a record batch. With it, a tail read that stalls is an error.
+    /// 2 s, or whose first record comes after that offset, is read again
+    /// from an earlier one, skipping processed records, and an audit chain's
+    /// tail that stalls is read from its beginning: tansu's memory storage
+    /// cannot fetch from inside a record batch. With it, a tail read that
+    /// stalls is an error.
     #[arg(long, env = "VIGIL_RESUME_EXACT")]
     pub resume_exact: bool,
 

@@ -69,11 +69,14 @@ const RESUME_PROBE: Duration = Duration::from_secs(2);
 /// Each assigned partition is fetched from the offset stored with its
 /// state. The tansu broker (0.6) on its memory storage answers a fetch only
 /// from the first offset of a stored record batch: asked for an offset
-/// inside one, it sends nothing, forever. So, unless `resume_exact` (right
-/// for Apache Kafka), a partition that sends nothing within
-/// [`RESUME_PROBE`] of its assignment is read again from its beginning,
-/// and records below the stored offset are skipped (counted as `skipped`).
-/// A partition that is simply idle is reread too: the cost of the reread,
+/// inside the last one, it sends nothing, forever; inside an earlier one,
+/// it answers from the next, skipping the rest of that batch. So, unless
+/// `resume_exact` (right for Apache Kafka), a partition that sends nothing
+/// within [`RESUME_PROBE`] of its assignment is read again from an earlier
+/// offset (see [`reread_from`]), one whose first record comes after the
+/// stored offset is read from its beginning (see [`Pipeline::accept`]), and
+/// records below the stored offset are skipped (counted as `skipped`). A
+/// partition that is simply idle is reread too: the cost of the reread,
 /// never a stall.
 #[derive(Debug, Default)]
 struct Resume {
@@ -161,13 +164,30 @@ impl ConsumerContext for DetectorContext {
     }
 }
 
+/// Where a partition resumed at `stored` that sent nothing is read again,
+/// given its high watermark if the broker gave it.
+///
+/// On tansu's memory storage the high watermark is the first offset of the
+/// last record batch + 1; on its SQLite storage and on Apache Kafka it is
+/// the last offset + 1. Either way `high - 1` is an offset the broker can
+/// start at, so a stored offset at or past it (an idle partition, or one
+/// stuck inside the last batch) is reread from there: one record, or the
+/// last batch. A stored offset further back may be inside any batch, whose
+/// start is unknown, so that partition is read from its beginning.
+fn reread_from(stored: Option<i64>, high: Option<i64>) -> Offset {
+    match (stored, high) {
+        (Some(stored), Some(high)) if high > 0 && stored >= high - 1 => Offset::Offset(high - 1),
+        _ => Offset::Beginning,
+    }
+}
+
 /// Counters since start.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Counters {
     pub batches: u64,
     /// Records below the stored offset, reread after an assignment.
     pub skipped: u64,
-    /// Partitions read again from their beginning because nothing came
+    /// Partitions read again from an earlier offset because nothing came
     /// from their stored offset (see [`Resume`]).
     pub reread: u64,
     pub events: u64,
@@ -673,7 +693,7 @@ impl Pipeline {
                 }
                 _ = housekeeping.tick() => {
                     self.reload().await;
-                    self.reread_stalled_partitions();
+                    self.reread_stalled_partitions().await;
                     if Instant::now() >= next_progress {
                         next_progress = Instant::now() + PROGRESS_INTERVAL;
                         self.log_progress();
@@ -692,12 +712,22 @@ impl Pipeline {
                         // belongs to the new assignment.
                         self.revocations.hand_back(&mut self.counters, &mut pending);
                         match message {
-                            Ok(message) => Self::accept(
-                                &self.resume,
-                                &mut self.counters,
-                                &message,
-                                &mut pending,
-                            ),
+                            Ok(message) => {
+                                let resumed_past = Self::accept(
+                                    &self.resume,
+                                    &mut self.counters,
+                                    &message,
+                                    &mut pending,
+                                );
+                                if let Some(stored) = resumed_past {
+                                    Self::reread_skipped_batch(
+                                        &self.consumer,
+                                        &mut self.counters,
+                                        &message,
+                                        stored,
+                                    )?;
+                                }
+                            }
                             Err(e) => self.consume_error(e)?,
                         }
                         next = if pending.len() < self.config.batch_rows {
@@ -791,24 +821,32 @@ impl Pipeline {
 
     /// Adds a consumed record to the pending batch, unless it is below the
     /// offset the state already holds for its partition.
+    ///
+    /// Returns the stored offset, without adding the record, when it is the
+    /// first record of a partition resumed at that offset and comes after
+    /// it: tansu's memory storage, asked for an offset inside a record batch
+    /// other than the last, answers from the next batch, skipping the rest
+    /// of that one (see [`Pipeline::reread_skipped_batch`]).
     fn accept(
         resume: &Mutex<Resume>,
         counters: &mut Counters,
         message: &BorrowedMessage<'_>,
         pending: &mut Vec<Input>,
-    ) {
+    ) -> Option<i64> {
         let mut resume = resume
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        resume.probing.remove(&message.partition());
-        let already_processed = resume
-            .skip_below
-            .get(&message.partition())
-            .is_some_and(|next| message.offset() < *next);
+        let first = resume.probing.remove(&message.partition()).is_some();
+        let next = resume.skip_below.get(&message.partition()).copied();
         drop(resume);
-        if already_processed {
-            counters.skipped += 1;
-            return;
+        if let Some(next) = next {
+            if first && message.offset() > next {
+                return Some(next);
+            }
+            if message.offset() < next {
+                counters.skipped += 1;
+                return None;
+            }
         }
         pending.push(Input {
             partition: message.partition(),
@@ -816,37 +854,84 @@ impl Pipeline {
             key: message.key().map(<[u8]>::to_vec),
             payload: message.payload().map(<[u8]>::to_vec),
         });
+        None
     }
 
-    /// Reads from their beginning the partitions resumed at a stored offset
-    /// that sent nothing within [`RESUME_PROBE`] (see [`Resume`]; with
-    /// `resume_exact` no partition is probed).
-    fn reread_stalled_partitions(&mut self) {
-        let mut resume = self
-            .resume
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let stalled: Vec<i32> = resume
-            .probing
-            .iter()
-            .filter(|(_, since)| since.elapsed() >= RESUME_PROBE)
-            .map(|(&partition, _)| partition)
-            .collect();
-        for partition in stalled {
-            resume.probing.remove(&partition);
-            let topic = &self.config.events_topic;
-            let resumed_at = resume.skip_below.get(&partition).copied();
-            match self
-                .consumer
-                .seek(topic, partition, Offset::Beginning, Duration::ZERO)
-            {
+    /// Reads from its beginning a partition whose first record after being
+    /// resumed at `stored` came from further on (see [`Pipeline::accept`]),
+    /// so the records in between are processed rather than lost. Records
+    /// below `stored` are skipped as usual; the record in hand comes again.
+    fn reread_skipped_batch(
+        consumer: &StreamConsumer<DetectorContext>,
+        counters: &mut Counters,
+        message: &BorrowedMessage<'_>,
+        stored: i64,
+    ) -> Result<()> {
+        let topic = message.topic();
+        let partition = message.partition();
+        consumer
+            .seek(topic, partition, Offset::Beginning, Duration::ZERO)
+            .map_err(|e| {
+                Error::kafka(
+                    format!(
+                        "read {topic}/{partition} from its beginning: resumed at {stored}, the broker sent {} first",
+                        message.offset()
+                    ),
+                    e,
+                )
+            })?;
+        counters.reread += 1;
+        tracing::info!(
+            %topic,
+            partition,
+            resumed_at = stored,
+            first = message.offset(),
+            "The broker skipped records after the stored offset (tansu's memory storage, inside a record batch); reading the partition from its beginning and skipping what was processed"
+        );
+        Ok(())
+    }
+
+    /// Reads again, from an earlier offset, the partitions resumed at a
+    /// stored offset that sent nothing within [`RESUME_PROBE`] (see
+    /// [`Resume`]; with `resume_exact` no partition is probed).
+    async fn reread_stalled_partitions(&mut self) {
+        let stalled: Vec<(i32, Option<i64>)> = {
+            let mut resume = self
+                .resume
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let stalled: Vec<i32> = resume
+                .probing
+                .iter()
+                .filter(|(_, since)| since.elapsed() >= RESUME_PROBE)
+                .map(|(&partition, _)| partition)
+                .collect();
+            stalled
+                .into_iter()
+                .map(|partition| {
+                    resume.probing.remove(&partition);
+                    (partition, resume.skip_below.get(&partition).copied())
+                })
+                .collect()
+        };
+        if stalled.is_empty() {
+            return;
+        }
+        let partitions: Vec<i32> = stalled.iter().map(|(partition, _)| *partition).collect();
+        let highs = self.high_watermarks(partitions).await;
+        let topic = &self.config.events_topic;
+        for ((partition, resumed_at), high) in stalled.into_iter().zip(highs) {
+            let from = reread_from(resumed_at, high);
+            match self.consumer.seek(topic, partition, from, Duration::ZERO) {
                 Ok(()) => {
                     self.counters.reread += 1;
                     tracing::info!(
                         %topic,
                         partition,
                         ?resumed_at,
-                        "Nothing came from the stored offset (idle, or inside a record batch tansu cannot start in); reading the partition from its beginning and skipping what was processed"
+                        ?high,
+                        ?from,
+                        "Nothing came from the stored offset (idle, or inside a record batch tansu cannot start in); reading the partition again from an earlier offset and skipping what was processed"
                     );
                 }
                 Err(error) => {
@@ -854,12 +939,52 @@ impl Pipeline {
                         %topic,
                         partition,
                         %error,
-                        "Cannot read the partition from its beginning yet; trying again"
+                        "Cannot read the partition again yet; trying again"
                     );
-                    resume.probing.insert(partition, Instant::now());
+                    self.resume
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .probing
+                        .insert(partition, Instant::now());
                 }
             }
         }
+    }
+
+    /// The high watermarks of events partitions, asked of the broker by a
+    /// reader of its own off the async threads; `None` for a partition
+    /// whose watermark did not come within [`RESUME_PROBE`].
+    async fn high_watermarks(&self, partitions: Vec<i32>) -> Vec<Option<i64>> {
+        let brokers = self.config.brokers.clone();
+        let topic = self.config.events_topic.clone();
+        let count = partitions.len();
+        let asked = tokio::task::spawn_blocking(move || {
+            let reader: BaseConsumer =
+                match bus::consumer_config(&brokers, "vigil-detector-watermarks").create() {
+                    Ok(reader) => reader,
+                    Err(error) => {
+                        tracing::warn!(%error, "Cannot create a watermark reader");
+                        return vec![None; partitions.len()];
+                    }
+                };
+            partitions
+                .into_iter()
+                .map(|partition| {
+                    match reader.fetch_watermarks(&topic, partition, RESUME_PROBE) {
+                        Ok((_, high)) => Some(high),
+                        Err(error) => {
+                            tracing::warn!(%topic, partition, %error, "Cannot read the high watermark; the partition is read from its beginning");
+                            None
+                        }
+                    }
+                })
+                .collect()
+        })
+        .await;
+        asked.unwrap_or_else(|error| {
+            tracing::error!(%error, "The watermark reader panicked");
+            vec![None; count]
+        })
     }
 
     async fn flush(&mut self, mut inputs: Vec<Input>) -> Result<()> {
@@ -1251,6 +1376,21 @@ mod tests {
         ] {
             assert!(consume_error_is_fatal(&fatal), "{fatal}");
         }
+    }
+
+    #[test]
+    fn a_stalled_partition_is_reread_from_the_last_offset_the_broker_can_start_at() {
+        // Idle, or inside the last batch (memory storage: high = its first
+        // offset + 1): from high - 1.
+        assert_eq!(reread_from(Some(500), Some(500)), Offset::Offset(499));
+        assert_eq!(reread_from(Some(400), Some(251)), Offset::Offset(250));
+        assert_eq!(reread_from(Some(250), Some(251)), Offset::Offset(250));
+        // Inside an earlier batch, whose start is unknown.
+        assert_eq!(reread_from(Some(249), Some(251)), Offset::Beginning);
+        // No watermark, or an empty partition.
+        assert_eq!(reread_from(Some(400), None), Offset::Beginning);
+        assert_eq!(reread_from(Some(0), Some(0)), Offset::Beginning);
+        assert_eq!(reread_from(None, Some(10)), Offset::Beginning);
     }
 
     fn input(key: usize, payload: usize) -> Input {

@@ -1,12 +1,20 @@
 //! A detector resumes each partition at the offset stored with its state.
 //! On tansu's SQLite storage the broker serves that offset even inside a
 //! record batch, so nothing is read twice. On its memory storage it sends
-//! nothing from inside a batch; after 2 s the detector reads the partition
-//! from its beginning and skips what its state already holds. Before
-//! session 13 every partition was read from its beginning on tansu.
+//! nothing from inside its last batch; after 2 s the detector reads the
+//! partition again from `high - 1` (that batch's first offset there) and
+//! skips what its state already holds. An idle partition looks the same and
+//! is reread from its last record. Inside an earlier batch, memory storage
+//! answers from the next batch, silently skipping the rest of that one: the
+//! detector sees its first record come after the stored offset and reads
+//! the partition from its beginning instead. Before session 13 every
+//! partition was read from its beginning on tansu; before session 14 every
+//! stalled or idle one was, and one resumed inside an earlier batch lost
+//! that batch's remaining records.
 
 mod common;
 
+use std::ops::Range;
 use std::time::Duration;
 
 use common::{MONDAY, file_event, produce_with, read_topic};
@@ -18,19 +26,14 @@ use vigil_detector::state::{RocksStore, StateStore, StateWrite};
 use vigil_schemas::testkit::TestBroker;
 use vigil_schemas::{AuditRecord, Event, Kind, bus, decode};
 
-const EVENTS: i64 = 500;
-/// The stored next offset: as if a previous run had processed the rest.
-const STORED: i64 = 256;
+/// How long the idle test waits before publishing: past the detector's
+/// group join (60 ms here), its 2 s probe and its 1 s housekeeping tick
+/// (the reread came 3.1 s after the assignment).
+const IDLE: Duration = Duration::from_secs(7);
 
-/// Publishes [`EVENTS`] PHI opens as one record batch, starts a detector
-/// whose state says offsets below [`STORED`] were processed, waits for the
-/// audit records of the others and returns the detector's counters and
-/// the events partition's high watermark.
-async fn resume(broker: &TestBroker) -> (Counters, i64) {
-    let topics = common::topics(broker, 1).await;
-    let rules = common::rules_dir(&["phi-bulk-read"]);
-    let state = tempfile::tempdir().expect("state dir");
-    let events: Vec<Event> = (0..EVENTS)
+/// PHI opens by alice, one per offset, a millisecond apart.
+fn events(offsets: Range<i64>) -> Vec<Event> {
+    offsets
         .map(|i| {
             file_event(
                 "alice",
@@ -40,13 +43,35 @@ async fn resume(broker: &TestBroker) -> (Counters, i64) {
                 i,
             )
         })
-        .collect();
-    // A long linger gathers every record into one batch.
+        .collect()
+}
+
+/// Publishes offsets `0..ends[0]` as one record batch, then
+/// `ends[0]..ends[1]` as another, and so on, starts a detector whose
+/// state says offsets below `stored` were processed, publishes `later` once
+/// `idle` has passed, waits for the audit records of everything from
+/// `stored` on and returns the detector's counters and the events
+/// partition's high watermark before the detector started.
+async fn resume(
+    broker: &TestBroker,
+    ends: &[i64],
+    stored: i64,
+    idle: Duration,
+    later: Range<i64>,
+) -> (Counters, i64) {
+    let topics = common::topics(broker, 1).await;
+    let rules = common::rules_dir(&["phi-bulk-read"]);
+    let state = tempfile::tempdir().expect("state dir");
+    // A long linger gathers each batch's records into one record batch.
     let producer: FutureProducer = bus::producer_config(broker.bootstrap())
         .set("linger.ms", "200")
         .create()
         .expect("producer");
-    produce_with(&producer, &topics.events, &events).await;
+    let mut start = 0;
+    for &end in ends {
+        produce_with(&producer, &topics.events, &events(start..end)).await;
+        start = end;
+    }
     let reader: BaseConsumer = bus::consumer_config(broker.bootstrap(), "watermarks")
         .create()
         .expect("consumer");
@@ -57,16 +82,19 @@ async fn resume(broker: &TestBroker) -> (Counters, i64) {
     RocksStore::open(state.path())
         .expect("rocksdb")
         .commit(StateWrite {
-            offsets: vec![(topics.events.clone(), 0, STORED)],
+            offsets: vec![(topics.events.clone(), 0, stored)],
             ..StateWrite::default()
         })
         .expect("store the offset");
     let config = common::config(broker, &topics, state.path(), rules.path());
     let (stop, running) = common::spawn_detector(config, "detector starts").await;
+    tokio::time::sleep(idle).await;
+    produce_with(&producer, &topics.events, &events(later.clone())).await;
+    let end = later.end.max(start);
     let audit = read_topic(
         broker,
         &topics.audit,
-        (EVENTS - STORED) as usize,
+        (end - stored) as usize,
         Duration::from_secs(1),
         Duration::from_secs(60),
     )
@@ -85,29 +113,53 @@ async fn resume(broker: &TestBroker) -> (Counters, i64) {
         .collect();
     assert_eq!(
         sources,
-        (STORED..EVENTS).collect::<Vec<_>>(),
+        (stored..end).collect::<Vec<_>>(),
         "the events from the stored offset on are audited once: {counters:?}"
     );
-    assert_eq!(counters.events, (EVENTS - STORED) as u64, "{counters:?}");
+    assert_eq!(counters.events, (end - stored) as u64, "{counters:?}");
     (counters, high)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_sqlite_storage_a_partition_resumes_at_its_stored_offset() {
     let broker = TestBroker::start_durable();
-    let (counters, _) = resume(&broker).await;
+    let (counters, _) = resume(&broker, &[500], 256, Duration::ZERO, 500..500).await;
     assert_eq!(counters.skipped, 0, "nothing read twice: {counters:?}");
     assert_eq!(counters.reread, 0, "{counters:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_memory_storage_a_partition_stuck_inside_a_batch_is_read_from_its_beginning() {
+async fn on_memory_storage_a_partition_stuck_inside_its_last_batch_rereads_that_batch() {
     let broker = TestBroker::start();
-    let (counters, high) = resume(&broker).await;
-    assert!(
-        high <= STORED,
-        "offset {STORED} is inside the last record batch (high watermark {high})"
+    let (counters, high) = resume(&broker, &[250, 500], 400, Duration::ZERO, 500..500).await;
+    assert_eq!(
+        high, 251,
+        "the high watermark is the last batch's first offset + 1, so 400 is inside it"
     );
     assert_eq!(counters.reread, 1, "{counters:?}");
-    assert_eq!(counters.skipped, STORED as u64, "{counters:?}");
+    assert_eq!(
+        counters.skipped, 150,
+        "only the last batch is read again, not the partition from its beginning: {counters:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_memory_storage_a_partition_stuck_inside_an_earlier_batch_is_read_from_its_beginning() {
+    let broker = TestBroker::start();
+    let (counters, _) = resume(&broker, &[250, 500], 100, Duration::ZERO, 500..500).await;
+    assert_eq!(counters.reread, 1, "{counters:?}");
+    assert_eq!(counters.skipped, 100, "{counters:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_partition_is_reread_from_its_last_record_only() {
+    let broker = TestBroker::start_durable();
+    // The detector idles past its 2 s probe before the next events come.
+    let (counters, high) = resume(&broker, &[500], 500, IDLE, 500..510).await;
+    assert_eq!(high, 500, "{counters:?}");
+    assert_eq!(counters.reread, 1, "{counters:?}");
+    assert_eq!(
+        counters.skipped, 1,
+        "only the last processed record is read again: {counters:?}"
+    );
 }
