@@ -53,6 +53,12 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// The broker answered and does not have the topic.
+    #[error(
+        "topic `{topic}` does not exist on {brokers}; create it (deploy/local/broker.sh start creates Vigil's topics), or name another with --topic or VIGIL_TOPIC"
+    )]
+    UnknownTopic { topic: String, brokers: String },
+
     #[error("Kafka client: {0}")]
     Kafka(#[source] Box<rdkafka::error::KafkaError>),
 

@@ -65,6 +65,9 @@ pub struct Summary {
     pub queue_drops: u64,
     /// Events never delivered at exit (broker unreachable at shutdown).
     pub undelivered: u64,
+    /// Events librdkafka or the broker refused for good (reported by
+    /// `delivery_failed` gaps while the collector runs).
+    pub refused: u64,
 }
 
 /// Runs the collector until `shutdown` is cancelled: loads and attaches the
@@ -74,11 +77,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary>
     loader::ensure_tracefs()?;
     let host = config.host.clone().unwrap_or_else(enrich::host_name);
 
+    let (producer, deliveries) = publish::producer(&config.brokers, config.queue_capacity)?;
+    let check = {
+        let (brokers, topic) = (config.brokers.clone(), config.topic.clone());
+        tokio::task::spawn_blocking(move || {
+            let checked = publish::check_topic(&producer, &brokers, &topic, publish::TOPIC_CHECK);
+            (producer, checked)
+        })
+    };
+    let (producer, checked) = check
+        .await
+        .map_err(|e| Error::Setting(format!("topic check task: {e}")))?;
+    checked?;
+
     let mut probes = Probes::load(&config)?;
     let mut ring = register(probes.take_events()?)?;
     let mut drops = probes.take_drops()?;
 
-    let (producer, deliveries) = publish::producer(&config.brokers, config.queue_capacity)?;
     let (mut outbox, rx) = Outbox::new(host.clone(), config.queue_capacity);
     outbox.started();
     let publisher = tokio::spawn(publish::publish(
@@ -117,6 +132,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary>
             _ = stats.tick() => {
                 records += drain(ring.get_mut(), &mut enricher, &mut outbox);
                 report_drops(&mut drops, &mut outbox);
+                report_refused(&deliveries, &mut outbox);
                 outbox.report_losses();
                 // Report the backlog while the broker takes nothing (down
                 // or stalled) or the queue itself is filling.
@@ -170,6 +186,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary>
     }
     drop(probes);
     report_drops(&mut drops, &mut outbox);
+    report_refused(&deliveries, &mut outbox);
     outbox.report_losses();
     let queue_drops = outbox.lost_total();
     drop(outbox);
@@ -186,12 +203,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary>
         kernel_drops: drops.total(),
         queue_drops,
         undelivered,
+        refused: deliveries.refused_total.load(Ordering::Relaxed),
     };
+    let late = deliveries.take_refused();
+    if late.lost() > 0 || late.gaps > 0 {
+        error!(
+            lost = late.lost(),
+            gaps_lost = late.gaps,
+            first_seq = late.first_seq,
+            last_seq = late.last_seq,
+            error = %late.error,
+            "Events refused while stopping; no gap event can report them now"
+        );
+    }
     info!(
         records = summary.records,
         kernel_drops = summary.kernel_drops,
         queue_drops = summary.queue_drops,
         undelivered = summary.undelivered,
+        refused = summary.refused,
         "Stopped"
     );
     Ok(summary)
@@ -222,6 +252,26 @@ fn drain(ring: &mut RingBuf<MapData>, enricher: &mut Enricher, outbox: &mut Outb
         }
     }
     count
+}
+
+/// Logs the events refused since the last report and has the outbox
+/// report them with a `delivery_failed` gap.
+fn report_refused(deliveries: &publish::DeliveryStats, outbox: &mut Outbox) {
+    let refused = deliveries.take_refused();
+    if refused.lost() == 0 && refused.gaps == 0 {
+        return;
+    }
+    error!(
+        lost = refused.lost(),
+        kinds = ?refused.kinds,
+        first_seq = refused.first_seq,
+        last_seq = refused.last_seq,
+        gaps_lost = refused.gaps,
+        error = %refused.error,
+        reason = publish::DELIVERY_FAILED,
+        "Events refused for good by librdkafka or the broker (check the topic and the broker's log)"
+    );
+    outbox.refused(refused);
 }
 
 fn report_drops(drops: &mut DropCounters, outbox: &mut Outbox) {

@@ -13,19 +13,21 @@
 //! the idempotent `acks=all` settings from `vigil_schemas::bus` and no
 //! message timeout, so a broker outage delays delivery instead of losing
 //! it. When librdkafka's own queue is full it waits: the backlog then grows
-//! in the channel, where it is reported.
+//! in the channel, where it is reported. Events refused for good (a topic
+//! that does not exist, a record the broker will not take) are collected in
+//! [`DeliveryStats`] and reported by a `delivery_failed` gap event.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::{ClientContext, Message};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 use vigil_schemas::{Event, Gap, Kind};
 
 use crate::error::Result;
@@ -37,6 +39,8 @@ pub const PRODUCER_QUEUE_FULL: &str = "producer_queue_full";
 /// (host boot, or the collector stopped, crashed or was upgraded), so the
 /// trail has a hole from the host's previous event up to this one.
 pub const COLLECTOR_RESTART: &str = "collector_restart";
+/// Events librdkafka or the broker refused for good.
+pub const DELIVERY_FAILED: &str = "delivery_failed";
 
 /// Delivery counters shared with librdkafka's callback thread.
 #[derive(Debug, Default)]
@@ -47,6 +51,10 @@ pub struct DeliveryStats {
     pub delivered: AtomicU64,
     /// Events librdkafka gave up on.
     pub failed: AtomicU64,
+    /// Events refused for good, handed over or not, since start.
+    pub refused_total: AtomicU64,
+    /// Refused events not yet reported (see [`DeliveryStats::take_refused`]).
+    refused: Mutex<Refused>,
 }
 
 impl DeliveryStats {
@@ -54,6 +62,92 @@ impl DeliveryStats {
     pub fn in_flight(&self) -> u64 {
         let done = self.delivered.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed);
         self.handed.load(Ordering::Relaxed).saturating_sub(done)
+    }
+
+    /// Records an event refused for good, by its encoded payload (from a
+    /// delivery report, where only the payload is at hand).
+    fn refused_payload(&self, payload: Option<&[u8]>, error: &KafkaError) {
+        match payload.map(vigil_schemas::decode::<Event>) {
+            Some(Ok(event)) => self.refused(event.seq, event.kind, error),
+            _ => self.refused(0, Kind::Unknown, error),
+        }
+    }
+
+    /// Records an event refused for good.
+    fn refused(&self, seq: i64, kind: Kind, error: &KafkaError) {
+        self.refused_total.fetch_add(1, Ordering::Relaxed);
+        self.refused
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .add(seq, kind, error);
+    }
+
+    /// The refused events since the last call, to report.
+    pub fn take_refused(&self) -> Refused {
+        std::mem::take(
+            &mut *self
+                .refused
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
+}
+
+/// Events refused for good and not yet reported.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// Events lost, by kind; gap events are counted in `gaps` instead.
+    pub kinds: BTreeMap<&'static str, i64>,
+    /// The lowest and highest sequence numbers among them (0 when unknown).
+    pub first_seq: i64,
+    pub last_seq: i64,
+    /// Gap events refused too. They are logged, not reported by another
+    /// gap, so a topic that refuses everything does not breed a gap per
+    /// report.
+    pub gaps: u64,
+    /// The last refusal's error.
+    pub error: String,
+}
+
+impl Refused {
+    /// Events lost, gap events aside.
+    pub fn lost(&self) -> i64 {
+        self.kinds.values().sum()
+    }
+
+    fn add(&mut self, seq: i64, kind: Kind, error: &KafkaError) {
+        self.error = error.to_string();
+        if kind == Kind::Gap {
+            self.gaps += 1;
+            return;
+        }
+        *self.kinds.entry(kind.as_str()).or_default() += 1;
+        if seq > 0 {
+            self.first_seq = if self.first_seq > 0 {
+                self.first_seq.min(seq)
+            } else {
+                seq
+            };
+            self.last_seq = self.last_seq.max(seq);
+        }
+    }
+
+    fn merge(&mut self, other: Refused) {
+        for (kind, count) in other.kinds {
+            *self.kinds.entry(kind).or_default() += count;
+        }
+        if other.first_seq > 0 {
+            self.first_seq = if self.first_seq > 0 {
+                self.first_seq.min(other.first_seq)
+            } else {
+                other.first_seq
+            };
+        }
+        self.last_seq = self.last_seq.max(other.last_seq);
+        self.gaps += other.gaps;
+        if !other.error.is_empty() {
+            self.error = other.error;
+        }
     }
 }
 
@@ -73,9 +167,11 @@ impl ProducerContext for Deliveries {
             Ok(_) => {
                 self.stats.delivered.fetch_add(1, Ordering::Relaxed);
             }
-            Err((error, _)) => {
+            // Logged, with a gap event, at the next report: one line per
+            // refused event would flood the log when a topic refuses all.
+            Err((error, message)) => {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                error!(%error, "Event not delivered");
+                self.stats.refused_payload(message.payload(), error);
             }
         }
     }
@@ -92,15 +188,58 @@ pub fn producer(
     brokers: &str,
     queue_messages: usize,
 ) -> Result<(EventProducer, Arc<DeliveryStats>)> {
+    producer_with(vigil_schemas::bus::producer_config(brokers), queue_messages)
+}
+
+/// [`producer`] from a configuration of the caller's (tests add settings).
+pub fn producer_with(
+    mut config: rdkafka::ClientConfig,
+    queue_messages: usize,
+) -> Result<(EventProducer, Arc<DeliveryStats>)> {
     let context = Deliveries::default();
     let stats = Arc::clone(&context.stats);
-    let mut config = vigil_schemas::bus::producer_config(brokers);
     config.set("message.timeout.ms", "0").set(
         "queue.buffering.max.messages",
         queue_messages.clamp(1, 10_000_000).to_string(),
     );
     let producer = EventProducer::create(&config, context)?;
     Ok((producer, stats))
+}
+
+/// How long a starting collector waits for the broker to describe its
+/// topic before it collects anyway (see [`check_topic`]).
+pub const TOPIC_CHECK: Duration = Duration::from_secs(3);
+
+/// Refuses to start publishing to a topic the broker says it does not have:
+/// librdkafka would hold every event for 30 s and then refuse it. A broker
+/// that does not answer within `timeout` is not an error: the collector
+/// collects into its queue until the broker comes (and refusals, if the
+/// topic is still missing then, are reported as `delivery_failed` gaps).
+pub fn check_topic(
+    producer: &EventProducer,
+    brokers: &str,
+    topic: &str,
+    timeout: Duration,
+) -> Result<()> {
+    let metadata = match producer.client().fetch_metadata(Some(topic), timeout) {
+        Ok(metadata) => metadata,
+        Err(error) => {
+            warn!(%brokers, %topic, %error, "The broker does not answer; collecting into the queue until it does");
+            return Ok(());
+        }
+    };
+    let known = metadata
+        .topics()
+        .iter()
+        .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+    if known {
+        Ok(())
+    } else {
+        Err(crate::error::Error::UnknownTopic {
+            topic: topic.to_owned(),
+            brokers: brokers.to_owned(),
+        })
+    }
 }
 
 /// Events lost to a full queue, not yet reported.
@@ -122,6 +261,7 @@ pub struct Outbox {
     next_seq: i64,
     queue_loss: Option<Loss>,
     kernel_loss: BTreeMap<&'static str, i64>,
+    refused: Option<Refused>,
     lost_total: u64,
 }
 
@@ -138,6 +278,7 @@ impl Outbox {
             next_seq: 1,
             queue_loss: None,
             kernel_loss: BTreeMap::new(),
+            refused: None,
             lost_total: 0,
         };
         (outbox, rx)
@@ -187,8 +328,33 @@ impl Outbox {
         self.report_losses();
     }
 
+    /// Records events refused for good (see [`DeliveryStats::take_refused`]),
+    /// to be reported by one `delivery_failed` gap: `lost` events between
+    /// the one before the lowest refused sequence number and the gap.
+    pub fn refused(&mut self, refused: Refused) {
+        if refused.lost() == 0 {
+            return;
+        }
+        match self.refused.as_mut() {
+            Some(pending) => pending.merge(refused),
+            None => self.refused = Some(refused),
+        }
+        self.report_losses();
+    }
+
     /// Queues gap events for losses not yet reported, while there is room.
     pub fn report_losses(&mut self) {
+        if let Some(refused) = self.refused.take() {
+            let lost_kind = (refused.kinds.len() == 1)
+                .then(|| refused.kinds.keys().next().map(|k| (*k).to_owned()))
+                .flatten();
+            let after = (refused.first_seq - 1).max(0);
+            let gap = self.gap(refused.lost(), lost_kind, after, DELIVERY_FAILED);
+            if !self.try_queue(gap) {
+                self.refused = Some(refused);
+                return;
+            }
+        }
         if let Some(loss) = self.queue_loss.take() {
             let lost_kind = (loss.kinds.len() == 1)
                 .then(|| loss.kinds.keys().next().map(|k| (*k).to_owned()))
@@ -308,9 +474,10 @@ pub async fn publish(
                     }
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
+                // Refused for good (a record librdkafka will not take):
+                // reported with the refused deliveries.
                 Err((error, _)) => {
-                    error!(%error, seq = event.seq, "Event not handed to the producer");
-                    abandoned += 1;
+                    stats.refused(event.seq, event.kind, &error);
                     break;
                 }
             }
@@ -395,6 +562,65 @@ mod tests {
         assert_eq!(detail.lost, 0, "how much was missed is unknown");
         let next = rx.try_recv().expect("the first collected event");
         assert_eq!((next.kind, next.seq), (Kind::Open, 2));
+    }
+
+    #[test]
+    fn refused_events_become_one_delivery_failed_gap() {
+        let (mut outbox, mut rx) = Outbox::new("h".into(), 8);
+        for _ in 0..6 {
+            outbox.push(event(Kind::Open));
+        }
+        let refused_error =
+            KafkaError::MessageProduction(RDKafkaErrorCode::UnknownTopicOrPartition);
+        let mut first = Refused::default();
+        first.add(4, Kind::Open, &refused_error);
+        first.add(2, Kind::Open, &refused_error);
+        first.add(5, Kind::Gap, &refused_error);
+        let mut second = Refused::default();
+        second.add(6, Kind::Read, &refused_error);
+        outbox.refused(first);
+        outbox.refused(Refused::default());
+        outbox.refused(second);
+        let queued: Vec<Event> = std::iter::from_fn(|| rx.try_recv().ok().map(|e| *e)).collect();
+        let seqs: Vec<i64> = queued.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (1..=8).collect::<Vec<_>>(), "one gap per report");
+        let gaps: Vec<Gap> = queued.into_iter().filter_map(|e| e.gap).collect();
+        assert_eq!(gaps.len(), 2, "{gaps:?}");
+        assert_eq!(
+            (
+                gaps[0].lost,
+                gaps[0].lost_kind.as_deref(),
+                gaps[0].first_seq,
+                gaps[0].last_seq
+            ),
+            (2, Some("open"), 1, 7),
+            "seqs 2 and 4, after seq 1; the refused gap is not counted: {gaps:?}"
+        );
+        assert_eq!(gaps[0].reason, DELIVERY_FAILED);
+        assert_eq!(
+            (gaps[1].lost, gaps[1].first_seq, gaps[1].last_seq),
+            (1, 5, 8),
+            "{gaps:?}"
+        );
+    }
+
+    #[test]
+    fn refusals_merge_while_the_queue_is_full() {
+        let (mut outbox, mut rx) = Outbox::new("h".into(), 2);
+        outbox.push(event(Kind::Open));
+        outbox.push(event(Kind::Open));
+        let refused_error = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
+        let mut first = Refused::default();
+        first.add(2, Kind::Open, &refused_error);
+        let mut second = Refused::default();
+        second.add(1, Kind::Exec, &refused_error);
+        outbox.refused(first);
+        outbox.refused(second);
+        let _ = (rx.try_recv(), rx.try_recv());
+        outbox.report_losses();
+        let gap = rx.try_recv().expect("gap").gap.expect("detail");
+        assert_eq!((gap.lost, gap.lost_kind, gap.first_seq), (2, None, 0));
+        assert!(gap.reason == DELIVERY_FAILED && rx.try_recv().is_err());
     }
 
     #[test]

@@ -95,3 +95,24 @@ async fn each_run_starts_with_a_collector_restart_gap() {
         "nothing was watched between the runs: {summary:?}"
     );
 }
+
+#[test]
+fn a_topic_the_broker_does_not_have_stops_the_collector_at_start() {
+    require_root();
+    let broker = TestBroker::start();
+    let watched = tempfile::tempdir().expect("watched temp dir");
+    // Before, the collector ran, and librdkafka refused every event 30 s
+    // later, one log line each.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_collector"))
+        .args(["--brokers", broker.bootstrap(), "--topic", "no.such.topic"])
+        .arg("--watch")
+        .arg(watched.path())
+        .output()
+        .expect("run the collector");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "must refuse to start: {stderr}");
+    assert!(
+        stderr.contains("topic `no.such.topic` does not exist") && stderr.contains("--topic"),
+        "names the topic and what to do: {stderr}"
+    );
+}
