@@ -4,7 +4,8 @@
 //! - user and login names from `/etc/passwd` (re-read, at most every 10 s,
 //!   when a uid is not found);
 //! - the process's and its parent's executable from `/proc/PID/exe`, cached
-//!   per pid until that pid execs or exits;
+//!   per pid until that pid execs or exits, or for [`EXE_TTL`] (an exec or
+//!   exit outside the scope never reaches user space, and a pid is reused);
 //! - relative paths joined to `/proc/PID/cwd`;
 //! - the container id from the task's cgroup path, cached per cgroup id;
 //! - the kernel's monotonic timestamp as wall-clock nanoseconds, with the
@@ -28,6 +29,14 @@ const O_TMPFILE: i32 = 0o20000000;
 
 /// Caches are cleared when they grow past this many entries.
 const CACHE_LIMIT: usize = 65_536;
+
+/// How long a pid's executable is trusted without an exec or exit record:
+/// under include or exclude scopes the kernel reports neither for a
+/// process outside them, so a parent outside the scope that execs, or
+/// exits and has its pid reused, would otherwise be named by its old
+/// executable for as long as the collector runs. One `readlink` per pid
+/// per 30 s is all this costs.
+pub const EXE_TTL: Duration = Duration::from_secs(30);
 
 /// The kernel kind number as the bus's [`Kind`].
 pub fn kind_of(kind: u32) -> Option<Kind> {
@@ -170,7 +179,9 @@ pub struct Enricher {
     host: String,
     clock: Clock,
     users: Users,
-    exes: HashMap<u32, Option<String>>,
+    /// Executable per pid, with when it was read.
+    exes: HashMap<u32, (Instant, Option<String>)>,
+    exe_ttl: Duration,
     containers: HashMap<u64, Option<String>>,
 }
 
@@ -181,6 +192,7 @@ impl Enricher {
             clock: Clock::measure(),
             users: Users::load("/etc/passwd"),
             exes: HashMap::new(),
+            exe_ttl: EXE_TTL,
             containers: HashMap::new(),
         }
     }
@@ -200,9 +212,10 @@ impl Enricher {
         let login_uid = (raw.auid != layout::AUID_UNSET).then_some(raw.auid);
         let path_kinds = kind.is_file();
         let net_kinds = matches!(kind, Kind::Connect | Kind::Accept | Kind::Send | Kind::Recv);
+        let now = Instant::now();
         let exe = match kind {
             Kind::Exec => Some(raw.path()),
-            _ => self.exe(raw.pid),
+            _ => self.exe(raw.pid, now),
         };
         let (family, src_addr, dst_addr) = if net_kinds {
             let family = match raw.family {
@@ -251,7 +264,7 @@ impl Enricher {
             } else {
                 Vec::new()
             },
-            parent_exe: self.exe(raw.ppid),
+            parent_exe: self.exe(raw.ppid, now),
             cgroup_id: raw.cgroup_id as i64,
             container_id: self.container(raw.pid, raw.cgroup_id),
             path: if path_kinds || kind == Kind::Exec {
@@ -274,21 +287,24 @@ impl Enricher {
         })
     }
 
-    fn exe(&mut self, pid: u32) -> Option<String> {
+    /// The executable `pid` runs, as of `now`.
+    fn exe(&mut self, pid: u32, now: Instant) -> Option<String> {
         if pid == 0 {
             return None;
+        }
+        if let Some((read, exe)) = self.exes.get(&pid)
+            && now.duration_since(*read) < self.exe_ttl
+        {
+            return exe.clone();
         }
         if self.exes.len() > CACHE_LIMIT {
             self.exes.clear();
         }
-        self.exes
-            .entry(pid)
-            .or_insert_with(|| {
-                std::fs::read_link(format!("/proc/{pid}/exe"))
-                    .ok()
-                    .map(|p| p.to_string_lossy().into_owned())
-            })
-            .clone()
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned());
+        self.exes.insert(pid, (now, exe.clone()));
+        exe
     }
 
     fn container(&mut self, pid: u32, cgroup_id: u64) -> Option<String> {
@@ -335,6 +351,47 @@ fn absolute(pid: u32, dirfd: i32, path: String) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_executable_unseen_to_change_is_read_again_after_its_ttl() {
+        use std::io::Write;
+        // A shell that execs `sleep` when told: the collector gets no exec
+        // record for it, as for a process outside the scope.
+        let mut child = std::process::Command::new("/bin/sh")
+            .args(["-c", "read go; exec sleep 30"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn sh");
+        let pid = child.id();
+        let mut enricher = Enricher::new("h".into());
+        enricher.exe_ttl = Duration::from_millis(200);
+        let shell = enricher
+            .exe(pid, Instant::now())
+            .expect("the shell's executable");
+        assert!(!shell.ends_with("sleep"), "{shell}");
+
+        writeln!(child.stdin.as_mut().expect("stdin"), "go").expect("tell sh to exec");
+        let real = |pid: u32| std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !real(pid).is_some_and(|p| p.ends_with("sleep")) {
+            assert!(Instant::now() < deadline, "sh did not exec sleep");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let cached = enricher.exe(pid, Instant::now());
+        std::thread::sleep(Duration::from_millis(250));
+        let fresh = enricher.exe(pid, Instant::now());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(
+            cached.as_deref(),
+            Some(shell.as_str()),
+            "within the TTL, the cached executable"
+        );
+        assert!(
+            fresh.as_deref().is_some_and(|exe| exe.ends_with("sleep")),
+            "after the TTL, the executable the pid runs now: {fresh:?}"
+        );
+    }
 
     #[test]
     fn passwd_lines_map_uids_to_names() {
