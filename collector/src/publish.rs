@@ -93,6 +93,15 @@ impl DeliveryStats {
     }
 }
 
+/// The lower of two sequence numbers, 0 standing for unknown.
+fn lowest_known(a: i64, b: i64) -> i64 {
+    match (a > 0, b > 0) {
+        (true, true) => a.min(b),
+        (true, false) => a,
+        _ => b.max(0),
+    }
+}
+
 /// Events refused for good and not yet reported.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Refused {
@@ -122,27 +131,15 @@ impl Refused {
             return;
         }
         *self.kinds.entry(kind.as_str()).or_default() += 1;
-        if seq > 0 {
-            self.first_seq = if self.first_seq > 0 {
-                self.first_seq.min(seq)
-            } else {
-                seq
-            };
-            self.last_seq = self.last_seq.max(seq);
-        }
+        self.first_seq = lowest_known(self.first_seq, seq);
+        self.last_seq = self.last_seq.max(seq);
     }
 
     fn merge(&mut self, other: Refused) {
         for (kind, count) in other.kinds {
             *self.kinds.entry(kind).or_default() += count;
         }
-        if other.first_seq > 0 {
-            self.first_seq = if self.first_seq > 0 {
-                self.first_seq.min(other.first_seq)
-            } else {
-                other.first_seq
-            };
-        }
+        self.first_seq = lowest_known(self.first_seq, other.first_seq);
         self.last_seq = self.last_seq.max(other.last_seq);
         self.gaps += other.gaps;
         if !other.error.is_empty() {
