@@ -68,6 +68,8 @@ pub struct Summary {
     /// Events librdkafka or the broker refused for good (reported by
     /// `delivery_failed` gaps while the collector runs).
     pub refused: u64,
+    /// Producers replaced after a fatal librdkafka error.
+    pub renewed: u64,
 }
 
 /// Runs the collector until `shutdown` is cancelled: loads and attaches the
@@ -204,6 +206,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary>
         queue_drops,
         undelivered,
         refused: deliveries.refused_total.load(Ordering::Relaxed),
+        renewed: deliveries.renewed.load(Ordering::Relaxed),
     };
     let late = deliveries.take_refused();
     if late.lost() > 0 || late.gaps > 0 {
@@ -222,6 +225,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary>
         queue_drops = summary.queue_drops,
         undelivered = summary.undelivered,
         refused = summary.refused,
+        renewed = summary.renewed,
         "Stopped"
     );
     Ok(summary)

@@ -16,8 +16,16 @@
 //! in the channel, where it is reported. Events refused for good (a topic
 //! that does not exist, a record the broker will not take) are collected in
 //! [`DeliveryStats`] and reported by a `delivery_failed` gap event.
+//!
+//! A *fatal* producer error (the idempotent producer's sequence broke, for
+//! instance because the broker lost records it had acknowledged) leaves a
+//! librdkafka producer that refuses everything. [`publish`] then replaces it
+//! with a new one (see [`BusProducer`]) and sends again, in sequence order,
+//! the events the old one had queued but never sent; only events that were
+//! on the wire when the error came and were not acknowledged are lost, and
+//! they are reported like any other refusal.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,7 +35,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientContext, Message};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 use vigil_schemas::{Event, Gap, Kind};
 
 use crate::error::Result;
@@ -53,15 +61,50 @@ pub struct DeliveryStats {
     pub failed: AtomicU64,
     /// Events refused for good, handed over or not, since start.
     pub refused_total: AtomicU64,
+    /// Events a producer dropped from its queue unsent (after a fatal
+    /// error, or when it is dropped at exit), to be sent again.
+    pub purged: AtomicU64,
+    /// Producers replaced after a fatal error, since start.
+    pub renewed: AtomicU64,
     /// Refused events not yet reported (see [`DeliveryStats::take_refused`]).
     refused: Mutex<Refused>,
+    /// Purged events not yet sent again.
+    unsent: Mutex<Vec<Outgoing>>,
+    /// Raised by librdkafka's error callback (any error: which are fatal
+    /// only the client can say).
+    errors: tokio::sync::Notify,
 }
 
 impl DeliveryStats {
     /// Events handed to librdkafka and not yet acknowledged or failed.
     pub fn in_flight(&self) -> u64 {
-        let done = self.delivered.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed);
+        let done = self.delivered.load(Ordering::Relaxed)
+            + self.failed.load(Ordering::Relaxed)
+            + self.purged.load(Ordering::Relaxed);
         self.handed.load(Ordering::Relaxed).saturating_sub(done)
+    }
+
+    /// Keeps an event a producer purged from its queue, to send it again.
+    fn purged(&self, key: Option<&[u8]>, payload: Option<&[u8]>) {
+        self.purged.fetch_add(1, Ordering::Relaxed);
+        let (seq, kind) = match payload.map(vigil_schemas::decode::<Event>) {
+            Some(Ok(event)) => (event.seq, event.kind),
+            _ => (0, Kind::Unknown),
+        };
+        let outgoing = Outgoing {
+            seq,
+            kind,
+            key: key.unwrap_or_default().to_vec(),
+            payload: payload.unwrap_or_default().to_vec(),
+        };
+        lock(&self.unsent).push(outgoing);
+    }
+
+    /// The purged events not yet sent again, in sequence order.
+    fn take_unsent(&self) -> Vec<Outgoing> {
+        let mut unsent = std::mem::take(&mut *lock(&self.unsent));
+        unsent.sort_by_key(|o| o.seq);
+        unsent
     }
 
     /// Records an event refused for good, by its encoded payload (from a
@@ -76,20 +119,40 @@ impl DeliveryStats {
     /// Records an event refused for good.
     fn refused(&self, seq: i64, kind: Kind, error: &KafkaError) {
         self.refused_total.fetch_add(1, Ordering::Relaxed);
-        self.refused
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .add(seq, kind, error);
+        lock(&self.refused).add(seq, kind, error);
     }
 
     /// The refused events since the last call, to report.
     pub fn take_refused(&self) -> Refused {
-        std::mem::take(
-            &mut *self
-                .refused
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()),
-        )
+        std::mem::take(&mut *lock(&self.refused))
+    }
+}
+
+/// Locks `mutex`; a panic elsewhere while it was held leaves counters that
+/// are still worth reporting.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// An event encoded for the bus, with what a refusal report needs.
+#[derive(Debug)]
+struct Outgoing {
+    seq: i64,
+    kind: Kind,
+    key: Vec<u8>,
+    payload: Vec<u8>,
+}
+
+impl Outgoing {
+    fn new(event: &Event) -> Outgoing {
+        Outgoing {
+            seq: event.seq,
+            kind: event.kind,
+            key: event.principal().into_bytes(),
+            payload: vigil_schemas::encode(event),
+        }
     }
 }
 
@@ -148,13 +211,22 @@ impl Refused {
     }
 }
 
-/// The producer context: counts acknowledgements and logs failures.
+/// The producer context: counts acknowledgements, collects failures, and
+/// wakes the publisher on errors.
 #[derive(Debug, Clone, Default)]
 pub struct Deliveries {
     stats: Arc<DeliveryStats>,
 }
 
-impl ClientContext for Deliveries {}
+impl ClientContext for Deliveries {
+    /// Logs as rdkafka's default does, and has the publisher check whether
+    /// the error is fatal: the code passed here is the underlying one (an
+    /// out-of-order sequence, say), not librdkafka's "fatal" marker.
+    fn error(&self, error: KafkaError, reason: &str) {
+        error!(target: "librdkafka", "librdkafka: {error}: {reason}");
+        self.stats.errors.notify_one();
+    }
+}
 
 impl ProducerContext for Deliveries {
     type DeliveryOpaque = ();
@@ -163,6 +235,10 @@ impl ProducerContext for Deliveries {
         match result {
             Ok(_) => {
                 self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            // Never sent: a fatal error or the producer's end purged it.
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::PurgeQueue), message)) => {
+                self.stats.purged(message.key(), message.payload());
             }
             // Logged, with a gap event, at the next report: one line per
             // refused event would flood the log when a topic refuses all.
@@ -179,12 +255,55 @@ impl ProducerContext for Deliveries {
 /// every polling window).
 pub type EventProducer = vigil_schemas::bus::PolledProducer<Deliveries>;
 
+/// How long a producer that hit a fatal error is given to learn the fate
+/// of the records it had on the wire before it is replaced.
+pub const RENEW_SETTLE: Duration = Duration::from_secs(5);
+
+/// The collector's producer, with what it takes to build it again after a
+/// fatal error. Dereferences to the librdkafka producer.
+#[derive(Debug)]
+pub struct BusProducer {
+    producer: EventProducer,
+    config: rdkafka::ClientConfig,
+    context: Deliveries,
+}
+
+impl BusProducer {
+    /// Replaces a producer that hit a fatal error with a new one from the
+    /// same settings and counters, after giving the old one `settle` to
+    /// learn the fate of its in-flight records. Blocks. Records still
+    /// unacknowledged then are refused (and reported); queued ones are
+    /// purged, to be sent again (see [`DeliveryStats::purged`]).
+    fn renew(self, settle: Duration) -> Result<BusProducer> {
+        let BusProducer {
+            producer,
+            config,
+            context,
+        } = self;
+        // Stops at `settle`; what is left is purged by the drop.
+        let _ = producer.flush(settle);
+        drop(producer);
+        let producer = EventProducer::create(&config, context.clone())?;
+        context.stats.renewed.fetch_add(1, Ordering::Relaxed);
+        Ok(BusProducer {
+            producer,
+            config,
+            context,
+        })
+    }
+}
+
+impl std::ops::Deref for BusProducer {
+    type Target = EventProducer;
+
+    fn deref(&self) -> &EventProducer {
+        &self.producer
+    }
+}
+
 /// An idempotent `acks=all` producer that never expires queued messages
 /// (`message.timeout.ms = 0`) and holds up to `queue_messages` of them.
-pub fn producer(
-    brokers: &str,
-    queue_messages: usize,
-) -> Result<(EventProducer, Arc<DeliveryStats>)> {
+pub fn producer(brokers: &str, queue_messages: usize) -> Result<(BusProducer, Arc<DeliveryStats>)> {
     producer_with(vigil_schemas::bus::producer_config(brokers), queue_messages)
 }
 
@@ -192,15 +311,22 @@ pub fn producer(
 pub fn producer_with(
     mut config: rdkafka::ClientConfig,
     queue_messages: usize,
-) -> Result<(EventProducer, Arc<DeliveryStats>)> {
+) -> Result<(BusProducer, Arc<DeliveryStats>)> {
     let context = Deliveries::default();
     let stats = Arc::clone(&context.stats);
     config.set("message.timeout.ms", "0").set(
         "queue.buffering.max.messages",
         queue_messages.clamp(1, 10_000_000).to_string(),
     );
-    let producer = EventProducer::create(&config, context)?;
-    Ok((producer, stats))
+    let producer = EventProducer::create(&config, context.clone())?;
+    Ok((
+        BusProducer {
+            producer,
+            config,
+            context,
+        },
+        stats,
+    ))
 }
 
 /// How long a starting collector waits for the broker to describe its
@@ -213,7 +339,7 @@ pub const TOPIC_CHECK: Duration = Duration::from_secs(3);
 /// collects into its queue until the broker comes (and refusals, if the
 /// topic is still missing then, are reported as `delivery_failed` gaps).
 pub fn check_topic(
-    producer: &EventProducer,
+    producer: &BusProducer,
     brokers: &str,
     topic: &str,
     timeout: Duration,
@@ -434,53 +560,58 @@ impl Outbox {
 /// Publishes queued events until the outbox is dropped and the queue is
 /// empty, then flushes. After `shutdown`, gives the broker `flush_timeout`
 /// to take what is left; returns how many events were never handed over.
+/// A producer that hits a fatal error is replaced (see the module notes).
 pub async fn publish(
     mut rx: mpsc::Receiver<Box<Event>>,
-    producer: EventProducer,
+    mut producer: BusProducer,
     stats: Arc<DeliveryStats>,
     topic: String,
     shutdown: CancellationToken,
     flush_timeout: Duration,
 ) -> Result<u64> {
-    let mut deadline: Option<Instant> = None;
-    let mut abandoned = 0u64;
-    while let Some(event) = rx.recv().await {
-        if deadline.is_none() && shutdown.is_cancelled() {
-            deadline = Some(Instant::now() + flush_timeout);
-        }
-        if deadline.is_some_and(|d| Instant::now() > d) {
-            abandoned += 1;
+    let mut sender = Sender {
+        topic,
+        shutdown,
+        flush_timeout,
+        deadline: None,
+        abandoned: 0,
+    };
+    // Events to send before the next queued one: those a replaced producer
+    // purged, then the one that met the fatal error.
+    let mut again: VecDeque<Outgoing> = VecDeque::new();
+    loop {
+        let outgoing = match again.pop_front() {
+            Some(outgoing) => outgoing,
+            // A busy publisher meets a fatal error when it sends; only an
+            // idle one needs waking to replace the producer.
+            None => match rx.try_recv() {
+                Ok(event) => Outgoing::new(&event),
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => tokio::select! {
+                    event = rx.recv() => match event {
+                        Some(event) => Outgoing::new(&event),
+                        None => break,
+                    },
+                    () = stats.errors.notified() => {
+                        if producer.client().fatal_error().is_some() {
+                            (producer, again) = renew(producer, &stats, again).await?;
+                        }
+                        continue;
+                    }
+                },
+            },
+        };
+        if sender.past_deadline() {
+            sender.abandoned += 1;
             continue;
         }
-        let payload = vigil_schemas::encode(&*event);
-        let key = event.principal();
-        loop {
-            let record = BaseRecord::to(&topic).key(&key).payload(&payload);
-            match producer.send(record) {
-                Ok(()) => {
-                    stats.handed.fetch_add(1, Ordering::Relaxed);
-                    break;
-                }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    if deadline.is_none() && shutdown.is_cancelled() {
-                        deadline = Some(Instant::now() + flush_timeout);
-                    }
-                    if deadline.is_some_and(|d| Instant::now() > d) {
-                        abandoned += 1;
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                // Refused for good (a record librdkafka will not take):
-                // reported with the refused deliveries.
-                Err((error, _)) => {
-                    stats.refused(event.seq, event.kind, &error);
-                    break;
-                }
-            }
+        if sender.send(&producer, &stats, &outgoing).await == Sent::Fatal {
+            again.push_front(outgoing);
+            (producer, again) = renew(producer, &stats, again).await?;
         }
     }
-    let remaining = deadline
+    let remaining = sender
+        .deadline
         .map(|d| d.saturating_duration_since(Instant::now()))
         .unwrap_or(flush_timeout);
     let producer = tokio::task::spawn_blocking(move || {
@@ -495,7 +626,107 @@ pub async fn publish(
         Ok(()) => info!("Producer flushed"),
         Err(error) => warn!(%error, undelivered, "Producer not flushed before the timeout"),
     }
-    Ok(abandoned + undelivered)
+    Ok(sender.abandoned + undelivered)
+}
+
+/// Replaces `producer` after a fatal error; returns the new one and what
+/// to send before the next queued event: the events the old one purged, in
+/// sequence order, then `waiting`.
+async fn renew(
+    producer: BusProducer,
+    stats: &DeliveryStats,
+    waiting: VecDeque<Outgoing>,
+) -> Result<(BusProducer, VecDeque<Outgoing>)> {
+    let (code, reason) = producer
+        .client()
+        .fatal_error()
+        .map(|(code, reason)| (code.to_string(), reason))
+        .unwrap_or_default();
+    error!(
+        error = %code,
+        %reason,
+        in_flight = producer.in_flight_count(),
+        "Replacing the producer after a fatal error; unsent events will be sent again"
+    );
+    let producer = tokio::task::spawn_blocking(move || producer.renew(RENEW_SETTLE))
+        .await
+        .map_err(|e| crate::error::Error::Setting(format!("producer renewal task: {e}")))??;
+    let mut again: VecDeque<Outgoing> = stats.take_unsent().into();
+    info!(
+        resending = again.len(),
+        renewed = stats.renewed.load(Ordering::Relaxed),
+        "New producer ready"
+    );
+    again.extend(waiting);
+    Ok((producer, again))
+}
+
+/// What became of one event handed to [`Sender::send`].
+#[derive(Debug, PartialEq, Eq)]
+enum Sent {
+    /// librdkafka took it (or refused it for good, which is recorded).
+    Done,
+    /// The shutdown deadline passed while librdkafka's queue was full.
+    Abandoned,
+    /// The producer hit a fatal error; nothing was sent.
+    Fatal,
+}
+
+/// Hands events to librdkafka, waiting while its queue is full, until the
+/// shutdown deadline.
+#[derive(Debug)]
+struct Sender {
+    topic: String,
+    shutdown: CancellationToken,
+    flush_timeout: Duration,
+    deadline: Option<Instant>,
+    abandoned: u64,
+}
+
+impl Sender {
+    /// Whether the deadline, set `flush_timeout` after shutdown began, has
+    /// passed.
+    fn past_deadline(&mut self) -> bool {
+        if self.deadline.is_none() && self.shutdown.is_cancelled() {
+            self.deadline = Some(Instant::now() + self.flush_timeout);
+        }
+        self.deadline.is_some_and(|d| Instant::now() > d)
+    }
+
+    async fn send(
+        &mut self,
+        producer: &BusProducer,
+        stats: &DeliveryStats,
+        outgoing: &Outgoing,
+    ) -> Sent {
+        loop {
+            let record = BaseRecord::to(&self.topic)
+                .key(&outgoing.key)
+                .payload(&outgoing.payload);
+            match producer.send(record) {
+                Ok(()) => {
+                    stats.handed.fetch_add(1, Ordering::Relaxed);
+                    return Sent::Done;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    if self.past_deadline() {
+                        self.abandoned += 1;
+                        return Sent::Abandoned;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::Fatal), _)) => {
+                    return Sent::Fatal;
+                }
+                // Refused for good (a record librdkafka will not take):
+                // reported with the refused deliveries.
+                Err((error, _)) => {
+                    stats.refused(outgoing.seq, outgoing.kind, &error);
+                    return Sent::Done;
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,38 +1,42 @@
 //! Events that librdkafka or the broker refuse for good are not lost
 //! silently: the publisher collects them with their sequence numbers, and
-//! the outbox reports them with one `delivery_failed` gap event. Real
-//! librdkafka and a real tansu broker; no eBPF, so no root needed.
+//! the outbox reports them with one `delivery_failed` gap event. A
+//! producer that hits a fatal error is replaced and loses nothing it had
+//! not sent. Real librdkafka and a real tansu broker; no eBPF, so no root
+//! needed.
 
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::consume_until;
+use rdkafka::producer::Producer;
 use tokio_util::sync::CancellationToken;
 use vigil_collector::publish::{self, DELIVERY_FAILED, DeliveryStats, Outbox};
 use vigil_schemas::testkit::{TestBroker, file_event};
 use vigil_schemas::{Kind, bus};
 
-/// Publishes through an outbox with the given producer settings until the
-/// outbox is dropped; returns the outbox and the delivery counters.
-fn publisher(
-    broker: &TestBroker,
-    topic: &str,
-    settings: &[(&str, &str)],
-) -> (
-    Outbox,
-    Arc<DeliveryStats>,
-    tokio::task::JoinHandle<vigil_collector::error::Result<u64>>,
-) {
+/// A publisher running until its outbox is dropped.
+struct Publishing {
+    outbox: Outbox,
+    stats: Arc<DeliveryStats>,
+    task: tokio::task::JoinHandle<vigil_collector::error::Result<u64>>,
+    /// The first producer's librdkafka handle, valid until it is replaced.
+    first_client: usize,
+}
+
+/// Publishes through an outbox with the given producer settings.
+fn publisher(broker: &TestBroker, topic: &str, settings: &[(&str, &str)]) -> Publishing {
     let mut config = bus::producer_config(broker.bootstrap());
     for (key, value) in settings {
         config.set(*key, *value);
     }
     let (producer, stats) = publish::producer_with(config, 1_000).expect("producer");
+    let first_client = producer.client().native_ptr() as usize;
     let (outbox, rx) = Outbox::new("ehr-01".into(), 64);
-    let publishing = tokio::spawn(publish::publish(
+    let task = tokio::spawn(publish::publish(
         rx,
         producer,
         Arc::clone(&stats),
@@ -40,32 +44,46 @@ fn publisher(
         CancellationToken::new(),
         Duration::from_secs(10),
     ));
-    (outbox, stats, publishing)
+    Publishing {
+        outbox,
+        stats,
+        task,
+        first_client,
+    }
 }
 
 fn open(path: &str) -> vigil_schemas::Event {
     file_event("alice", Kind::Open, path, 1_794_182_400_000_000_000, 0)
 }
 
-/// Waits until `stats` counts `refused` events, or panics after 30 s.
-async fn wait_refused(stats: &DeliveryStats, refused: u64) {
+/// Waits until `counter` reaches `count`, or panics after 30 s.
+async fn wait_for(what: &str, counter: &AtomicU64, count: u64) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while stats.refused_total.load(Ordering::Relaxed) < refused {
+    while counter.load(Ordering::Relaxed) < count {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{refused} refusals expected, {} seen",
-            stats.refused_total.load(Ordering::Relaxed)
+            "{count} {what} expected, {} seen",
+            counter.load(Ordering::Relaxed)
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Waits until `stats` counts `refused` events, or panics after 30 s.
+async fn wait_refused(stats: &DeliveryStats, refused: u64) {
+    wait_for("refusals", &stats.refused_total, refused).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_too_large_is_refused_and_reported_by_a_gap() {
     let broker = TestBroker::start();
     let topic = broker.topic("collector.delivery", 1).await;
-    let (mut outbox, stats, publishing) =
-        publisher(&broker, &topic, &[("message.max.bytes", "2000")]);
+    let Publishing {
+        mut outbox,
+        stats,
+        task: publishing,
+        ..
+    } = publisher(&broker, &topic, &[("message.max.bytes", "2000")]);
     let huge = format!("/srv/phi/{}", "x".repeat(3_000));
     outbox.push(open("/srv/phi/before.json"));
     outbox.push(open(&huge));
@@ -115,7 +133,12 @@ async fn events_for_a_topic_the_broker_does_not_have_are_refused_with_their_sequ
     let broker = TestBroker::start();
     // librdkafka refuses a record once the broker has said for this long
     // that its topic does not exist (30 s by default).
-    let (mut outbox, stats, publishing) = publisher(
+    let Publishing {
+        mut outbox,
+        stats,
+        task: publishing,
+        ..
+    } = publisher(
         &broker,
         "collector.no-such-topic",
         &[("topic.metadata.propagation.max.ms", "200")],
@@ -138,4 +161,74 @@ async fn events_for_a_topic_the_broker_does_not_have_are_refused_with_their_sequ
     assert_eq!(stats.failed.load(Ordering::Relaxed), 3);
     drop(outbox);
     publishing.await.expect("task").expect("publisher");
+}
+
+/// Raises a fatal error on a live idempotent producer, as librdkafka does
+/// when the broker breaks its sequence (tansu cannot be made to: this uses
+/// librdkafka's own test entry point on the real client).
+#[allow(unsafe_code)]
+fn raise_fatal_error(client: usize) {
+    let reason = c"sequence broken by the test";
+    // SAFETY: `client` is the handle of a producer the publisher still
+    // owns (it is replaced only after this call raises the error), and
+    // librdkafka's calls are thread-safe; `reason` is a C string that
+    // outlives the call, which copies it.
+    let code = unsafe {
+        rdkafka::bindings::rd_kafka_test_fatal_error(
+            client as *mut rdkafka::bindings::rd_kafka_t,
+            rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+            reason.as_ptr(),
+        )
+    };
+    assert_eq!(
+        code,
+        rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_producer_error_replaces_the_producer_and_loses_no_queued_event() {
+    let broker = TestBroker::start();
+    let topic = broker.topic("collector.fatal", 1).await;
+    // Records wait 1.5 s in librdkafka's queue before they are sent, so the
+    // fatal error finds some there.
+    let Publishing {
+        mut outbox,
+        stats,
+        task,
+        first_client,
+    } = publisher(&broker, &topic, &[("linger.ms", "1500")]);
+    outbox.push(open("/srv/phi/0.json"));
+    wait_for("deliveries", &stats.delivered, 1).await;
+    for i in 1..4 {
+        outbox.push(open(&format!("/srv/phi/{i}.json")));
+    }
+    wait_for("handed events", &stats.handed, 4).await;
+    assert_eq!(
+        stats.delivered.load(Ordering::Relaxed),
+        1,
+        "still lingering"
+    );
+
+    raise_fatal_error(first_client);
+    wait_for("renewed producers", &stats.renewed, 1).await;
+    assert_eq!(stats.purged.load(Ordering::Relaxed), 3, "the queued three");
+    for i in 4..6 {
+        outbox.push(open(&format!("/srv/phi/{i}.json")));
+    }
+    drop(outbox);
+    let undelivered = task.await.expect("task").expect("publisher");
+    assert_eq!(undelivered, 0);
+    assert_eq!(stats.refused_total.load(Ordering::Relaxed), 0);
+    assert_eq!(stats.renewed.load(Ordering::Relaxed), 1);
+
+    let events = consume_until(
+        broker.bootstrap(),
+        &topic,
+        Duration::from_secs(30),
+        |seen| seen.len() >= 6,
+    )
+    .await;
+    let seqs: Vec<i64> = events.iter().map(|p| p.event.seq).collect();
+    assert_eq!(seqs, (1..=6).collect::<Vec<_>>(), "each once, in order");
 }
