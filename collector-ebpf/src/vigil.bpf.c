@@ -587,13 +587,18 @@ static __always_inline void emit_rollup(const struct vigil_record *src, __u32 ki
  * keyed by, which moved the bytes and need not be the one that opened the
  * file (a forked child, or the program an exec started). Connection
  * roll-ups keep the opener's: a socket's last state change can come in
- * softirq context, under whatever task it interrupted. */
+ * softirq context, under whatever task it interrupted. The counts are
+ * taken and zeroed in one exchange each, as io_exit's periodic report does,
+ * so a report racing this one (another thread's read or write through the
+ * same entry) cannot count the same bytes twice. */
 static __always_inline void emit_file_rollups(struct vigil_tracked *file)
 {
-	if (file->read_bytes)
-		emit_as(&file->rec, VIGIL_KIND_READ, file->read_bytes, true);
-	if (file->write_bytes)
-		emit_as(&file->rec, VIGIL_KIND_WRITE, file->write_bytes, true);
+	__u64 read = __sync_lock_test_and_set(&file->read_bytes, 0);
+	__u64 written = __sync_lock_test_and_set(&file->write_bytes, 0);
+	if (read)
+		emit_as(&file->rec, VIGIL_KIND_READ, read, true);
+	if (written)
+		emit_as(&file->rec, VIGIL_KIND_WRITE, written, true);
 }
 
 /* Adds a watched descriptor and counts it for its owner. An entry already
