@@ -996,7 +996,8 @@ impl Pipeline {
             self.processor.reset_after_rebalance();
             // The new assignment may have read the stored offsets before
             // that write: records up to what was just written are already
-            // in the state and must not be processed again.
+            // in the state and must not be processed again, neither those
+            // still to come nor those consumed since the assignment.
             let mut resume = self
                 .resume
                 .lock()
@@ -1008,7 +1009,15 @@ impl Pipeline {
                     .and_modify(|at| *at = (*at).max(next))
                     .or_insert(next);
             }
+            let consumed = inputs.len();
+            inputs.retain(|input| {
+                resume
+                    .skip_below
+                    .get(&input.partition)
+                    .is_none_or(|&next| input.offset >= next)
+            });
             drop(resume);
+            self.counters.skipped += (consumed - inputs.len()) as u64;
         }
         if inputs.is_empty() {
             return Ok(());

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use common::{MONDAY, file_event, produce_with, read_topic};
 use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use vigil_detector::audit_chain::Verifier;
 use vigil_schemas::testkit::TestBroker;
 use vigil_schemas::{AuditRecord, Kind, decode};
@@ -137,5 +138,100 @@ async fn a_joining_instance_takes_partitions_and_nothing_is_audited_twice() {
     assert!(
         a.events + b.events >= (ROUNDS * USERS) as u64,
         "every event was processed by someone: A {a:?}, B {b:?}"
+    );
+}
+
+/// Group members that are not detectors, one after another: each joins,
+/// takes its share of the partitions without processing anything, holds it
+/// for `hold` and leaves. Returns how many partitions each was given.
+fn hold_partitions(
+    brokers: String,
+    group: String,
+    topic: String,
+    members: usize,
+    hold: Duration,
+) -> std::thread::JoinHandle<Vec<usize>> {
+    std::thread::spawn(move || {
+        (0..members)
+            .map(|_| {
+                let consumer: BaseConsumer = vigil_schemas::bus::consumer_config(&brokers, &group)
+                    .create()
+                    .expect("joining consumer");
+                consumer.subscribe(&[&topic]).expect("subscribe");
+                let deadline = std::time::Instant::now() + TIMEOUT;
+                let mut held = 0;
+                let mut until = None;
+                while until.is_none_or(|until| std::time::Instant::now() < until)
+                    && std::time::Instant::now() < deadline
+                {
+                    let _ = consumer.poll(Duration::from_millis(20));
+                    held = held.max(consumer.assignment().map(|a| a.count()).unwrap_or(0));
+                    if held > 0 && until.is_none() {
+                        until = Some(std::time::Instant::now() + hold);
+                    }
+                }
+                drop(consumer);
+                std::thread::sleep(hold);
+                held
+            })
+            .collect()
+    })
+}
+
+/// Batches whose outputs were published but whose state was not yet written
+/// when the detector's partitions were revoked are written before it goes
+/// on; a partition given back to it resumes from the offset it read at
+/// assignment, which is older. Records up to what was written must not be
+/// processed again (baselines would count them twice). Before session 15
+/// the ones already consumed again by then were: `events` came out above
+/// the number produced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_already_written_are_not_processed_again_after_partitions_come_back() {
+    let broker = TestBroker::start();
+    let topics = common::topics(&broker, 2).await;
+    let rules = common::rules_dir(&["phi-bulk-read"]);
+    let state = tempfile::tempdir().expect("state dir");
+    let config = common::config(&broker, &topics, state.path(), rules.path());
+    let group = config.group.clone();
+    let (stop, running) = common::spawn_detector(config, "detector starts").await;
+
+    // Two members join and leave in turn: four revocations, each while
+    // events flow, so a batch is usually in flight.
+    let producer = broker.producer();
+    let holders = hold_partitions(
+        broker.bootstrap().to_owned(),
+        group,
+        topics.events.clone(),
+        2,
+        Duration::from_secs(1),
+    );
+    let mut rounds = 0;
+    let mut after = 0;
+    while after < 10 {
+        produce_with(&producer, &topics.events, &round(rounds)).await;
+        rounds += 1;
+        if holders.is_finished() {
+            after += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(80)).await;
+    }
+    let held = holders.join().expect("holder thread");
+    assert!(
+        held.iter().all(|&partitions| partitions > 0),
+        "each joining member was given a partition: {held:?}"
+    );
+    let produced = (rounds * USERS) as usize;
+    let audit = read_topic(&broker, &topics.audit, produced, SETTLE, TIMEOUT).await;
+    assert_eq!(audit.len(), produced, "every event audited once");
+
+    stop.cancel();
+    let counters = running
+        .await
+        .expect("task")
+        .expect("detector stops cleanly");
+    eprintln!("{rounds} rounds; {counters:?}");
+    assert_eq!(
+        counters.events, produced as u64,
+        "each event processed once: {counters:?}"
     );
 }
