@@ -588,9 +588,9 @@ static __always_inline void emit_rollup(const struct vigil_record *src, __u32 ki
  * file (a forked child, or the program an exec started). Connection
  * roll-ups keep the opener's: a socket's last state change can come in
  * softirq context, under whatever task it interrupted. The counts are
- * taken and zeroed in one exchange each, as io_exit's periodic report does,
- * so a report racing this one (another thread's read or write through the
- * same entry) cannot count the same bytes twice. */
+ * taken and zeroed in one exchange each, so two reports racing on one entry
+ * (a close and another thread's periodic report) never count the same
+ * bytes twice. */
 static __always_inline void emit_file_rollups(struct vigil_tracked *file)
 {
 	__u64 read = __sync_lock_test_and_set(&file->read_bytes, 0);
@@ -1096,19 +1096,14 @@ static __always_inline int io_exit(__s64 ret, __u64 fd, bool is_write)
 	else
 		__sync_fetch_and_add(&file->read_bytes, ret);
 	/* long-lived descriptors report periodically, not only at close; the
-	 * tracked record's timestamp is the last report. The counts are taken
-	 * and zeroed in one exchange each, so bytes another thread adds
+	 * tracked record's timestamp is the last report. emit_file_rollups
+	 * takes the counts in one exchange each, so bytes another thread adds
 	 * meanwhile go into the next report, and when two threads report at
 	 * once the second takes only what the first left. */
 	__u64 now = bpf_ktime_get_ns();
 	if (rollup_interval_ns && now - file->rec.ktime_ns >= rollup_interval_ns) {
 		file->rec.ktime_ns = now;
-		__u64 read = __sync_lock_test_and_set(&file->read_bytes, 0);
-		__u64 written = __sync_lock_test_and_set(&file->write_bytes, 0);
-		if (read)
-			emit_as(&file->rec, VIGIL_KIND_READ, read, true);
-		if (written)
-			emit_as(&file->rec, VIGIL_KIND_WRITE, written, true);
+		emit_file_rollups(file);
 	}
 	return 0;
 }
