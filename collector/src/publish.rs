@@ -87,10 +87,7 @@ impl DeliveryStats {
     /// Keeps an event a producer purged from its queue, to send it again.
     fn purged(&self, key: Option<&[u8]>, payload: Option<&[u8]>) {
         self.purged.fetch_add(1, Ordering::Relaxed);
-        let (seq, kind) = match payload.map(vigil_schemas::decode::<Event>) {
-            Some(Ok(event)) => (event.seq, event.kind),
-            _ => (0, Kind::Unknown),
-        };
+        let (seq, kind) = seq_and_kind(payload);
         let outgoing = Outgoing {
             seq,
             kind,
@@ -107,15 +104,6 @@ impl DeliveryStats {
         unsent
     }
 
-    /// Records an event refused for good, by its encoded payload (from a
-    /// delivery report, where only the payload is at hand).
-    fn refused_payload(&self, payload: Option<&[u8]>, error: &KafkaError) {
-        match payload.map(vigil_schemas::decode::<Event>) {
-            Some(Ok(event)) => self.refused(event.seq, event.kind, error),
-            _ => self.refused(0, Kind::Unknown, error),
-        }
-    }
-
     /// Records an event refused for good.
     fn refused(&self, seq: i64, kind: Kind, error: &KafkaError) {
         self.refused_total.fetch_add(1, Ordering::Relaxed);
@@ -125,6 +113,16 @@ impl DeliveryStats {
     /// The refused events since the last call, to report.
     pub fn take_refused(&self) -> Refused {
         std::mem::take(&mut *lock(&self.refused))
+    }
+}
+
+/// The sequence number and kind of an encoded event, from a delivery
+/// report, where only the payload is at hand (0 and unknown if it does not
+/// decode).
+fn seq_and_kind(payload: Option<&[u8]>) -> (i64, Kind) {
+    match payload.map(vigil_schemas::decode::<Event>) {
+        Some(Ok(event)) => (event.seq, event.kind),
+        _ => (0, Kind::Unknown),
     }
 }
 
@@ -244,7 +242,8 @@ impl ProducerContext for Deliveries {
             // refused event would flood the log when a topic refuses all.
             Err((error, message)) => {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                self.stats.refused_payload(message.payload(), error);
+                let (seq, kind) = seq_and_kind(message.payload());
+                self.stats.refused(seq, kind, error);
             }
         }
     }
