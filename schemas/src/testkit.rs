@@ -26,6 +26,70 @@ use crate::{Event, Kind};
 /// How long a broker may take to answer after it is started.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a test process may go on after a panic before
+/// [`exit_when_a_panic_hangs`] ends it; `VIGIL_TEST_PANIC_EXIT_S` overrides.
+const PANIC_EXIT_GRACE: Duration = Duration::from_secs(90);
+
+/// Makes a test process that panicked exit with a failure if it is still
+/// running [`PANIC_EXIT_GRACE`] later. Installed once per process by
+/// [`TestBroker::start`] and [`TestBroker::start_durable`].
+///
+/// A test that fails while a Kafka client is alive unwinds through that
+/// client's drop, and a consumer's drop waits until the consumer is closed,
+/// which can take forever when the test's broker is already gone: the
+/// failure would become a CI timeout with no message. The watchdog writes
+/// the panic to the real stderr (libtest captures the usual output and
+/// prints it only when every test is done) and exits with 101.
+pub fn exit_when_a_panic_hangs() {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let grace = std::env::var("VIGIL_TEST_PANIC_EXIT_S")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map(Duration::from_secs)
+            .unwrap_or(PANIC_EXIT_GRACE);
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            previous(info);
+            static WATCHING: std::sync::atomic::AtomicBool =
+                std::sync::atomic::AtomicBool::new(false);
+            if WATCHING.swap(true, Ordering::SeqCst) {
+                return;
+            }
+            let thread = std::thread::current()
+                .name()
+                .unwrap_or("<unnamed>")
+                .to_owned();
+            let panic = info.to_string();
+            std::thread::spawn(move || {
+                std::thread::sleep(grace);
+                let message = format!(
+                    "\nvigil testkit: thread '{thread}' {panic}\n\
+                     vigil testkit: the test process is still running {grace:?} after that panic \
+                     (most likely a Kafka client's drop waiting for a broker the test has \
+                     already stopped); exiting with a failure instead of waiting for the CI timeout\n"
+                );
+                use std::io::Write;
+                let _ = std::io::stderr().write_all(message.as_bytes());
+                // `exit` runs no drops: stop the brokers other tests still hold.
+                for pid in lock_brokers().drain(..) {
+                    let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+                }
+                std::process::exit(101);
+            });
+        }));
+    });
+}
+
+/// The process ids of the private brokers running in this process.
+static RUNNING_BROKERS: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+fn lock_brokers() -> std::sync::MutexGuard<'static, Vec<u32>> {
+    RUNNING_BROKERS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A Kafka-protocol broker for one test.
 #[derive(Debug)]
 pub struct TestBroker {
@@ -83,6 +147,7 @@ impl TestBroker {
     /// Starts a private broker, or connects to `VIGIL_TEST_BROKER`. Panics
     /// with the broker's log when it does not come up.
     pub fn start() -> TestBroker {
+        exit_when_a_panic_hangs();
         if let Ok(bootstrap) = std::env::var("VIGIL_TEST_BROKER") {
             let broker = TestBroker {
                 bootstrap,
@@ -101,6 +166,7 @@ impl TestBroker {
     /// and [`restart`](TestBroker::restart) with its data and on the same
     /// port, to play a broker outage. Never a shared broker.
     pub fn start_durable() -> TestBroker {
+        exit_when_a_panic_hangs();
         TestBroker::private(Some(
             tempfile::tempdir().expect("create a temp dir for the broker's storage"),
         ))
@@ -151,6 +217,7 @@ impl TestBroker {
             .stderr(append(log.path()))
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", tansu.display()));
+        lock_brokers().push(child.id());
         self.child = Some(child);
         self.wait_until_ready();
     }
@@ -159,6 +226,7 @@ impl TestBroker {
     /// [`restart`](TestBroker::restart).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            lock_brokers().retain(|&pid| pid != child.id());
             let _ = child.kill();
             let _ = child.wait();
         }
