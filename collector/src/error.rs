@@ -59,6 +59,12 @@ pub enum Error {
     )]
     UnknownTopic { topic: String, brokers: String },
 
+    #[error(
+        "the publisher stopped while the collector was running ({0}); events can no longer \
+         reach the broker, so the collector exits to be restarted"
+    )]
+    PublisherStopped(String),
+
     #[error("Kafka client: {0}")]
     Kafka(#[source] Box<rdkafka::error::KafkaError>),
 

@@ -98,7 +98,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary>
 
     let (mut outbox, rx) = Outbox::new(host.clone(), config.queue_capacity);
     outbox.started();
-    let publisher = tokio::spawn(publish::publish(
+    let mut publisher = tokio::spawn(publish::publish(
         rx,
         producer,
         Arc::clone(&deliveries),
@@ -152,6 +152,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary>
                         "Backlog"
                     );
                 }
+            }
+            // It returns only after shutdown or with an error (a producer
+            // renewal that failed, a panic): queued events would pile up
+            // and every loss report be lost with them.
+            ended = &mut publisher => {
+                let cause = match ended {
+                    Ok(Ok(undelivered)) => format!("it returned with {undelivered} undelivered"),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => format!("task: {e}"),
+                };
+                error!(records, cause = %cause, "Publisher stopped; exiting");
+                return Err(Error::PublisherStopped(cause));
             }
             _ = poll.tick() => {
                 records += drain(ring.get_mut(), &mut enricher, &mut outbox);
