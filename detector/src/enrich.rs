@@ -143,6 +143,12 @@ impl std::fmt::Debug for Enricher {
     }
 }
 
+/// Whether `event` is an access to a watched (PHI) file: the collector
+/// sends file events only for watched paths.
+pub fn is_phi(event: &Event) -> bool {
+    event.kind.is_file() && event.path.is_some()
+}
+
 impl Enricher {
     pub fn new(store: Arc<dyn StateStore>, roles: RoleFile, learning_days: u32) -> Enricher {
         Enricher {
@@ -164,7 +170,7 @@ impl Enricher {
         let principal = event.principal();
         let role = self.roles.map().role_of(&principal, event.gid).to_owned();
         let hour = hour_index(event.time_unix_ns);
-        let is_phi = event.kind.is_file() && event.path.is_some();
+        let is_phi = is_phi(event);
         let file_class = if is_phi {
             event
                 .path

@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 use datafusion::arrow::array::RecordBatch;
 use datafusion::error::DataFusionError;
 use rustc_hash::{FxHashMap, FxHashSet};
-use vigil_schemas::{Alert, AuditRecord, Event, decode};
+use vigil_schemas::{Alert, AuditRecord, Event, Gap, Kind, decode};
 
 use crate::Result;
 use crate::audit_chain::{AuditChains, is_audited};
 use crate::detection;
-use crate::enrich::Enricher;
+use crate::enrich::{Enricher, is_phi};
 use crate::events_table::{self, Row};
 use crate::roles::RoleFile;
 use crate::rules::{Rule, RuleSet};
@@ -70,8 +70,67 @@ pub struct Output {
 pub struct Detected {
     pub output: Output,
     rows: Vec<Row>,
+    /// What [`Processor::finish`] audits, in the order the records came.
+    to_audit: Vec<ToAudit>,
     next_offsets: BTreeMap<i32, i64>,
     now_ns: i64,
+}
+
+/// One audit record to write for a batch.
+#[derive(Debug)]
+enum ToAudit {
+    /// The event of `rows[i]`, when it is audited.
+    Row(usize),
+    /// A dead-lettered record: the PHI access (or collector gap) it holds
+    /// when it decodes, else a gap saying that the trail is blind to it.
+    /// Dead-lettering keeps an event out of the baselines and rules, not
+    /// out of the trail.
+    Letter {
+        partition: i32,
+        offset: i64,
+        event: Box<Event>,
+        principal: String,
+    },
+}
+
+impl ToAudit {
+    /// The audit record a dead letter needs, if any: its event when it
+    /// decoded and is audited (a wrongly keyed record or one from a host
+    /// with a wrong clock), a gap when it did not decode.
+    fn letter(input: &Input, error: &str, now_ns: i64) -> Option<ToAudit> {
+        let decoded = input.payload.as_deref().map(decode::<Event>);
+        let event = match decoded {
+            Some(Ok(event)) if is_audited(&event, is_phi(&event)) => event,
+            Some(Ok(_)) => return None,
+            _ => Event {
+                event_id: format!("undecodable-{}-{}", input.partition, input.offset),
+                time_unix_ns: now_ns,
+                kind: Kind::Gap,
+                gap: Some(Gap {
+                    lost: 1,
+                    lost_kind: None,
+                    first_seq: -1,
+                    last_seq: -1,
+                    reason: format!("undecodable_record: {}", bounded(error, 512)),
+                }),
+                ..Event::default()
+            },
+        };
+        let principal = match event.kind {
+            Kind::Gap if event.host.is_empty() => input
+                .key
+                .as_deref()
+                .map(|key| bounded(&String::from_utf8_lossy(key), 256).to_owned())
+                .unwrap_or_default(),
+            _ => event.principal(),
+        };
+        Some(ToAudit::Letter {
+            partition: input.partition,
+            offset: input.offset,
+            event: Box::new(event),
+            principal,
+        })
+    }
 }
 
 /// Decodes and checks one record: it must be an event keyed by its
@@ -292,6 +351,7 @@ impl Processor {
         let mut output = Output::default();
         let mut next_offsets: BTreeMap<i32, i64> = BTreeMap::new();
         let mut rows: Vec<Row> = Vec::with_capacity(inputs.len());
+        let mut to_audit: Vec<ToAudit> = Vec::with_capacity(inputs.len());
         for input in inputs {
             let next = next_offsets
                 .entry(input.partition)
@@ -300,10 +360,12 @@ impl Processor {
             match decode_input(&input) {
                 Ok(event) => {
                     if let Some(error) = self.implausible_time(&event, now_ns) {
+                        to_audit.extend(ToAudit::letter(&input, &error, now_ns));
                         output.dead_letters.push(DeadLetter { input, error });
                         continue;
                     }
                     let features = self.enricher.enrich(&event)?;
+                    to_audit.push(ToAudit::Row(rows.len()));
                     rows.push(Row {
                         event,
                         features,
@@ -311,7 +373,10 @@ impl Processor {
                         offset: input.offset,
                     });
                 }
-                Err(error) => output.dead_letters.push(DeadLetter { input, error }),
+                Err(error) => {
+                    to_audit.extend(ToAudit::letter(&input, &error, now_ns));
+                    output.dead_letters.push(DeadLetter { input, error });
+                }
             }
         }
         output.events = rows.len();
@@ -394,6 +459,7 @@ impl Processor {
         Ok(Detected {
             output,
             rows,
+            to_audit,
             next_offsets,
             now_ns,
         })
@@ -406,20 +472,39 @@ impl Processor {
         let Detected {
             mut output,
             rows,
+            to_audit,
             next_offsets,
             now_ns,
         } = detected;
-        for row in &rows {
-            if is_audited(&row.event, row.features.is_phi)
-                && let Some(record) = self.chains.append(
-                    row.partition,
-                    &row.event,
-                    &row.features.principal,
-                    &self.events_topic,
-                    row.offset,
-                    now_ns,
-                )
-            {
+        for item in &to_audit {
+            let (partition, offset, event, principal) = match item {
+                ToAudit::Row(i) => {
+                    let row = &rows[*i];
+                    if !is_audited(&row.event, row.features.is_phi) {
+                        continue;
+                    }
+                    (
+                        row.partition,
+                        row.offset,
+                        &row.event,
+                        &row.features.principal,
+                    )
+                }
+                ToAudit::Letter {
+                    partition,
+                    offset,
+                    event,
+                    principal,
+                } => (*partition, *offset, &**event, principal),
+            };
+            if let Some(record) = self.chains.append(
+                partition,
+                event,
+                principal,
+                &self.events_topic,
+                offset,
+                now_ns,
+            ) {
                 output.audit.push(record);
             }
         }

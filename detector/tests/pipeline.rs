@@ -175,12 +175,14 @@ async fn events_become_alerts_review_items_audit_records_and_dead_letters() {
         ])
     );
 
-    let expected_audit = 5 + 250 + 250 + 1;
+    // Every PHI access, including the three dead-lettered ones that
+    // decoded, plus a gap for the record that did not.
+    let expected_audit = 5 + 250 + 250 + 1 + 4;
     let audit = read_topic(&broker, &topics.audit, expected_audit, SETTLE, TIMEOUT).await;
     assert_eq!(
         audit.len(),
         expected_audit,
-        "one audit record per PHI access"
+        "one audit record per PHI access and per undecodable record"
     );
     let mut records: Vec<(i32, i64, AuditRecord)> = audit
         .iter()
@@ -196,6 +198,38 @@ async fn events_become_alerts_review_items_audit_records_and_dead_letters() {
         })
         .collect();
     records.sort_by_key(|(p, o, _)| (*p, *o));
+    let gaps: Vec<&AuditRecord> = records
+        .iter()
+        .map(|(_, _, r)| r)
+        .filter(|r| r.gap.is_some())
+        .collect();
+    assert_eq!(
+        gaps.len(),
+        1,
+        "one gap, for the undecodable record: {gaps:#?}"
+    );
+    let gap = gaps[0].gap.as_ref().expect("a gap");
+    assert!(
+        gap.reason.starts_with("undecodable_record: ")
+            && gap.reason.contains("not a Vigil Avro message"),
+        "the gap says why the trail is blind: {gap:?}"
+    );
+    assert_eq!((gap.lost, gaps[0].principal.as_str()), (1, "alice"));
+    let dead_lettered_accesses: BTreeSet<(&str, i64)> = records
+        .iter()
+        .map(|(_, _, r)| r)
+        .filter(|r| r.event_id == "wrong-key" || r.principal == "dave")
+        .map(|r| (r.event_id.as_str(), r.time_unix_ns))
+        .collect();
+    assert_eq!(
+        dead_lettered_accesses,
+        BTreeSet::from([
+            ("wrong-key", MONDAY),
+            ("ehr-01-dave-0", tomorrow),
+            ("ehr-01-dave-1", 5_000_000_000),
+        ]),
+        "dead-lettered PHI accesses are audited with the times their hosts gave"
+    );
     let mut verifier = Verifier::default();
     for (_, offset, record) in records {
         verifier.check(record, &format!("offset {offset}"));
@@ -328,8 +362,20 @@ async fn a_record_too_big_to_republish_is_dead_lettered_without_its_value() {
         omitted.starts_with("value (1200000 bytes) too big"),
         "{omitted:?}"
     );
-    let audit = read_topic(&broker, &topics.audit, 1, SETTLE, TIMEOUT).await;
-    assert_eq!(audit.len(), 1, "the next event is still processed");
+    let audit = read_topic(&broker, &topics.audit, 2, SETTLE, TIMEOUT).await;
+    let audit: Vec<AuditRecord> = audit
+        .iter()
+        .map(|m| decode(m.payload().expect("payload")).expect("audit record decodes"))
+        .collect();
+    let shapes: Vec<(bool, &str)> = audit
+        .iter()
+        .map(|r| (r.gap.is_some(), r.event_id.as_str()))
+        .collect();
+    assert_eq!(
+        shapes,
+        [(true, "undecodable-0-0"), (false, "ehr-01-alice-1")],
+        "a gap for the record, then the next event, still processed"
+    );
     assert!(!running.is_finished(), "{:?}", running.await);
     shutdown.cancel();
     let counters = running.await.expect("task").expect("clean shutdown");
