@@ -355,8 +355,9 @@ async fn run_checked(rule_file: &Path, test_file: &Path) -> std::result::Result<
     for (g, group) in test.events.iter().enumerate() {
         let start = parse_time(&group.at).map_err(|e| format!("events[{g}].at: {e}"))?;
         let every = match &group.every {
-            Some(text) => parse_duration(text)
-                .ok_or_else(|| format!("events[{g}].every: `{text}` is not a duration like 2s"))?,
+            Some(text) => parse_duration(text).ok_or_else(|| {
+                format!("events[{g}].every: `{text}` is not a duration like 2s (1s to 366d)")
+            })?,
             None => Duration::from_secs(1),
         };
         for i in 0..group.repeat {

@@ -102,20 +102,27 @@ impl Rule {
     }
 }
 
-/// Parses a duration like `15m`, `1h`, `30s`, `2d`.
+/// Longest duration [`parse_duration`] takes: a year. A rule window or a
+/// test's spacing beyond it is a typo, and would overflow the nanosecond
+/// arithmetic of windows.
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 86_400);
+
+/// Parses a duration like `15m`, `1h`, `30s`, `2d`, from 1 s to
+/// [`MAX_DURATION`].
 pub fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit())?;
     let (number, unit) = text.split_at(split);
     let number: u64 = number.parse().ok()?;
-    let seconds = match unit {
-        "s" => number,
-        "m" => number * 60,
-        "h" => number * 3600,
-        "d" => number * 86_400,
+    let unit_seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
         _ => return None,
     };
-    (seconds > 0).then(|| Duration::from_secs(seconds))
+    let duration = Duration::from_secs(number.checked_mul(unit_seconds)?);
+    (!duration.is_zero() && duration <= MAX_DURATION).then_some(duration)
 }
 
 /// Reads the comment header. Returns the header and the 1-based line where
@@ -214,7 +221,10 @@ pub fn parse_header(file: &Path, text: &str) -> Result<RuleHeader, RuleError> {
         Some((line, text)) => Some(parse_duration(text).ok_or_else(|| {
             error(
                 Some(*line),
-                format!("window `{text}` is not a duration like 15m, 1h or 30s"),
+                format!(
+                    "window `{text}` is not a duration like 15m, 1h or 30s (at most {}d)",
+                    MAX_DURATION.as_secs() / 86_400
+                ),
             )
         })?),
     };
@@ -692,5 +702,13 @@ mod tests {
         assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
         assert_eq!(parse_duration("0m"), None);
         assert_eq!(parse_duration("15 minutes"), None);
+        assert_eq!(parse_duration("366d"), Some(MAX_DURATION));
+        assert_eq!(parse_duration("367d"), None, "longer than a year");
+        assert_eq!(
+            parse_duration("36028797018963968s"),
+            None,
+            "no wrap into a short window"
+        );
+        assert_eq!(parse_duration("213503982334602d"), None, "no overflow");
     }
 }
