@@ -67,9 +67,18 @@ pub struct RunArgs {
     /// from an earlier one, skipping processed records, and an audit chain's
     /// tail that stalls is read from its beginning: tansu's memory storage
     /// cannot fetch from inside a record batch. With it, a tail read that
-    /// stalls is an error.
-    #[arg(long, env = "VIGIL_RESUME_EXACT")]
-    pub resume_exact: bool,
+    /// stalls is an error. `--resume-exact=false` (or
+    /// `VIGIL_RESUME_EXACT=false`) turns off a config file's `true`.
+    #[arg(
+        long,
+        env = "VIGIL_RESUME_EXACT",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_name = "BOOL",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub resume_exact: Option<bool>,
 
     /// Most events in one micro-batch [default: 1024].
     #[arg(long, env = "VIGIL_BATCH_ROWS")]
@@ -124,6 +133,11 @@ struct FileConfig {
     resume_exact: Option<bool>,
     max_clock_skew_ms: Option<u64>,
 }
+
+/// Most events in one micro-batch: the batch's rows are allocated up front.
+pub const MAX_BATCH_ROWS: usize = 1_000_000;
+/// Longest learning period: ten years.
+pub const MAX_LEARNING_DAYS: u32 = 3650;
 
 /// Resolved settings of the detector service.
 #[derive(Debug, Clone, PartialEq)]
@@ -248,16 +262,28 @@ impl DetectorConfig {
         if let Some(ms) = args.checkpoint_ms {
             config.checkpoint_interval = Duration::from_millis(ms);
         }
-        if args.resume_exact {
-            config.resume_exact = true;
+        if let Some(exact) = args.resume_exact {
+            config.resume_exact = exact;
         }
         if let Some(ms) = args.max_clock_skew_ms {
             config.max_clock_skew = Duration::from_millis(ms);
         }
-        if config.batch_rows == 0 {
+        if !(1..=MAX_BATCH_ROWS).contains(&config.batch_rows) {
             return Err(Error::Config {
                 what: "batch_rows".into(),
-                reason: "must be at least 1".into(),
+                reason: format!(
+                    "{} is not between 1 and {MAX_BATCH_ROWS} (the default, 1024, suits most loads)",
+                    config.batch_rows
+                ),
+            });
+        }
+        if config.learning_days > MAX_LEARNING_DAYS {
+            return Err(Error::Config {
+                what: "learning_days".into(),
+                reason: format!(
+                    "{} is more than {MAX_LEARNING_DAYS} days; nothing would ever leave learning mode",
+                    config.learning_days
+                ),
             });
         }
         Ok(config)
@@ -303,6 +329,73 @@ mod tests {
 
         let config = DetectorConfig::resolve(Some("127.0.0.2:9092"), &args).expect("resolves");
         assert_eq!(config.brokers, "127.0.0.2:9092", "flag beats file");
+    }
+
+    #[test]
+    fn resume_exact_from_the_file_can_be_turned_off_by_the_flag() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            run: RunArgs,
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("detector.toml");
+        std::fs::write(&file, "resume_exact = true\n").expect("write");
+        let path = file.to_str().expect("UTF-8 temp path");
+        let resolved = |extra: &[&str]| {
+            let cli = Cli::try_parse_from(["run", "--config", path].iter().chain(extra))
+                .unwrap_or_else(|e| panic!("{extra:?}: {e}"));
+            DetectorConfig::resolve(None, &cli.run)
+                .expect("resolves")
+                .resume_exact
+        };
+        assert!(resolved(&[]), "the file's true");
+        assert!(
+            !resolved(&["--resume-exact=false"]),
+            "the flag's false wins"
+        );
+        assert!(!resolved(&["--resume-exact=no"]));
+        assert!(resolved(&["--resume-exact"]), "a bare flag is true");
+        assert!(
+            Cli::try_parse_from(["run", "--resume-exact=maybe"]).is_err(),
+            "not a yes or no"
+        );
+    }
+
+    #[test]
+    fn batch_rows_and_learning_days_out_of_range_are_refused() {
+        let refused = |args: RunArgs, what: &str| {
+            let err = DetectorConfig::resolve(None, &args).expect_err(what);
+            assert!(err.to_string().contains(what), "{err}");
+        };
+        refused(
+            RunArgs {
+                batch_rows: Some(0),
+                ..RunArgs::default()
+            },
+            "batch_rows",
+        );
+        refused(
+            RunArgs {
+                batch_rows: Some(MAX_BATCH_ROWS + 1),
+                ..RunArgs::default()
+            },
+            "batch_rows",
+        );
+        refused(
+            RunArgs {
+                learning_days: Some(u32::MAX),
+                ..RunArgs::default()
+            },
+            "learning_days",
+        );
+        let most = RunArgs {
+            batch_rows: Some(MAX_BATCH_ROWS),
+            learning_days: Some(MAX_LEARNING_DAYS),
+            ..RunArgs::default()
+        };
+        assert!(DetectorConfig::resolve(None, &most).is_ok());
     }
 
     #[test]
