@@ -132,8 +132,11 @@ impl ConsumerContext for DetectorContext {
                             resume.probing.insert(*partition, Instant::now());
                             Offset::Offset(offset)
                         }
-                        (None, true) => Offset::Invalid,
-                        (None, false) => Offset::Beginning,
+                        // No state for it (a new volume, or a partition
+                        // this instance never owned): the baselines are
+                        // rebuilt from the retained events, not resumed at
+                        // the offset the group committed for other state.
+                        (None, _) => Offset::Beginning,
                     };
                     tracing::info!(%topic, partition, ?stored, ?start, "Partition assigned");
                     if let Err(e) = tpl.set_partition_offset(topic, *partition, start) {
@@ -1325,18 +1328,26 @@ fn dead_letter_body(input: &Input) -> (Option<&[u8]>, Option<&[u8]>, Option<Stri
     if key_len + payload_len <= MAX_DEAD_LETTER_BODY {
         return (key, payload, None);
     }
-    let mut omitted = vec![format!("value ({payload_len} bytes)")];
+    let mut omitted = Vec::new();
     let key = if key_len <= MAX_DEAD_LETTER_BODY / 100 {
         key
     } else {
         omitted.push(format!("key ({key_len} bytes)"));
         None
     };
+    // Without the key, a small value fits.
+    let kept_key = key.map_or(0, <[u8]>::len);
+    let payload = if kept_key + payload_len <= MAX_DEAD_LETTER_BODY {
+        payload
+    } else {
+        omitted.insert(0, format!("value ({payload_len} bytes)"));
+        None
+    };
     let omitted = format!(
         "{} too big to republish; read the original at the source topic, partition and offset",
         omitted.join(" and ")
     );
-    (key, None, Some(omitted))
+    (key, payload, Some(omitted))
 }
 
 /// Whether a consumer error ends the service: librdkafka's fatal errors
@@ -1429,11 +1440,26 @@ mod tests {
             "{omitted}"
         );
 
-        let big_both = input(600_000, 600_000);
+        // Without its big key, the value fits and is kept.
+        let big_key = input(995_000, 100);
+        let (key, payload, omitted) = dead_letter_body(&big_key);
+        assert_eq!((key, payload.map(<[u8]>::len)), (None, Some(100)));
+        assert!(
+            omitted
+                .as_deref()
+                .is_some_and(|o| o.starts_with("key (995000 bytes) too big")),
+            "only the key is named: {omitted:?}"
+        );
+        let big_value_long_key = input(600_000, 600_000);
+        let (key, payload, omitted) = dead_letter_body(&big_value_long_key);
+        assert_eq!((key, payload.map(<[u8]>::len)), (None, Some(600_000)));
+        assert!(omitted.is_some_and(|o| o.starts_with("key (600000 bytes) too big")));
+
+        let big_both = input(995_000, 995_000);
         let (key, payload, omitted) = dead_letter_body(&big_both);
         assert_eq!((key, payload), (None, None));
         assert!(
-            omitted.is_some_and(|o| o.contains("and key (600000 bytes)")),
+            omitted.is_some_and(|o| o.starts_with("value (995000 bytes) and key (995000 bytes)")),
             "both named"
         );
     }

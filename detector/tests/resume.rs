@@ -163,3 +163,57 @@ async fn an_idle_partition_is_reread_from_its_last_record_only() {
         "only the last processed record is read again: {counters:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_resume_exact_a_partition_without_state_is_read_from_its_beginning() {
+    let broker = TestBroker::start_durable();
+    let topics = common::topics(&broker, 1).await;
+    let rules = common::rules_dir(&["phi-bulk-read"]);
+    let state = tempfile::tempdir().expect("state dir");
+    let producer = broker.producer();
+    produce_with(&producer, &topics.events, &events(0..300)).await;
+    let mut config = common::config(&broker, &topics, state.path(), rules.path());
+    config.resume_exact = true;
+
+    // The group already committed offset 200 (another instance, whose
+    // state this one does not have).
+    let group: BaseConsumer = bus::consumer_config(broker.bootstrap(), &config.group)
+        .create()
+        .expect("consumer");
+    let mut committed = rdkafka::TopicPartitionList::new();
+    committed
+        .add_partition_offset(&topics.events, 0, rdkafka::Offset::Offset(200))
+        .expect("offset");
+    group
+        .commit(&committed, rdkafka::consumer::CommitMode::Sync)
+        .expect("commit offset 200 for the group");
+    let stored = group
+        .committed_offsets(committed, Duration::from_secs(10))
+        .expect("read the committed offset back");
+    assert_eq!(
+        stored.elements()[0].offset(),
+        rdkafka::Offset::Offset(200),
+        "the group's offset is set"
+    );
+    drop(group);
+
+    let (stop, running) = common::spawn_detector(config, "detector starts").await;
+    let audit = read_topic(
+        &broker,
+        &topics.audit,
+        300,
+        Duration::from_secs(1),
+        Duration::from_secs(60),
+    )
+    .await;
+    stop.cancel();
+    let counters = running
+        .await
+        .expect("task")
+        .expect("detector stops cleanly");
+    assert_eq!(
+        (audit.len(), counters.events),
+        (300, 300),
+        "every retained event rebuilds the baselines, not only those after the group's offset: {counters:?}"
+    );
+}
