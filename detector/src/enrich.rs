@@ -54,12 +54,26 @@ struct Cache {
     baselines: FxHashMap<String, Cached>,
     /// Keys changed since the last [`Enricher::take_writes`].
     dirty: Vec<String>,
+    /// Counts lookups: the `used` stamp of a baseline.
+    clock: u64,
 }
 
 struct Cached {
     baseline: Baseline,
     dirty: bool,
+    /// [`Cache::clock`] at its last lookup.
+    used: u64,
+    /// The checkpoint that last took its write; 0: never written.
+    written: u64,
 }
+
+/// Most baselines kept in memory per dimension (a user baseline with a
+/// week of hour buckets is about 13 KB, so at most about 650 MB of users).
+/// Past it, the least recently used baselines whose writes the store has
+/// committed are dropped (down to three quarters of it) and read from the
+/// store again when needed. Without a bound every principal ever seen
+/// stayed in memory until the next rebalance.
+pub const CACHED_BASELINES: usize = 50_000;
 
 impl Cache {
     /// The cached baseline of `key`, read from the store on a miss, marked
@@ -77,12 +91,16 @@ impl Cache {
                 Cached {
                     baseline,
                     dirty: false,
+                    used: 0,
+                    written: 0,
                 },
             );
         }
         let Some(cached) = self.baselines.get_mut(key) else {
             unreachable!("inserted above")
         };
+        self.clock += 1;
+        cached.used = self.clock;
         if !cached.dirty {
             cached.dirty = true;
             self.dirty.push(key.to_owned());
@@ -90,15 +108,46 @@ impl Cache {
         Ok(&mut cached.baseline)
     }
 
-    fn take_writes(&mut self, dimension: Dimension) -> Vec<(Dimension, String, Vec<u8>)> {
+    fn take_writes(
+        &mut self,
+        dimension: Dimension,
+        checkpoint: u64,
+    ) -> Vec<(Dimension, String, Vec<u8>)> {
         std::mem::take(&mut self.dirty)
             .into_iter()
             .filter_map(|key| {
                 let cached = self.baselines.get_mut(&key)?;
                 cached.dirty = false;
+                cached.written = checkpoint;
                 Some((dimension, key, cached.baseline.encode()))
             })
             .collect()
+    }
+
+    /// Past `limit` baselines, drops the least recently used of those the
+    /// store holds as they are (unchanged since a write that `committed`
+    /// covers), down to three quarters of `limit`. A baseline whose write
+    /// is still in flight stays: read back now, the store would give its
+    /// older version.
+    fn evict(&mut self, limit: usize, committed: u64) {
+        if self.baselines.len() <= limit {
+            return;
+        }
+        let mut evictable: Vec<(u64, &String)> = self
+            .baselines
+            .iter()
+            .filter(|(_, cached)| !cached.dirty && cached.written <= committed)
+            .map(|(key, cached)| (cached.used, key))
+            .collect();
+        let excess = self.baselines.len() - limit * 3 / 4;
+        if evictable.len() > excess {
+            evictable.select_nth_unstable(excess);
+            evictable.truncate(excess);
+        }
+        let keys: Vec<String> = evictable.into_iter().map(|(_, key)| key.clone()).collect();
+        for key in keys {
+            self.baselines.remove(&key);
+        }
     }
 
     fn clear(&mut self) {
@@ -130,6 +179,9 @@ pub struct Enricher {
     users: Cache,
     role_baselines: Cache,
     hosts: Cache,
+    /// Checkpoints taken by [`Enricher::take_writes`].
+    checkpoints: u64,
+    cache_limit: usize,
 }
 
 impl std::fmt::Debug for Enricher {
@@ -158,6 +210,8 @@ impl Enricher {
             users: Cache::default(),
             role_baselines: Cache::default(),
             hosts: Cache::default(),
+            checkpoints: 0,
+            cache_limit: CACHED_BASELINES,
         }
     }
 
@@ -264,12 +318,41 @@ impl Enricher {
         Ok(features)
     }
 
-    /// The changed baselines since the last call, encoded for the store.
-    pub fn take_writes(&mut self) -> Vec<(Dimension, String, Vec<u8>)> {
-        let mut writes = self.users.take_writes(Dimension::User);
-        writes.extend(self.role_baselines.take_writes(Dimension::Role));
-        writes.extend(self.hosts.take_writes(Dimension::Host));
-        writes
+    /// The changed baselines since the last call, encoded for the store,
+    /// and the number of this checkpoint, to give [`Enricher::committed`]
+    /// once the store has them.
+    pub fn take_writes(&mut self) -> (u64, Vec<(Dimension, String, Vec<u8>)>) {
+        self.checkpoints += 1;
+        let checkpoint = self.checkpoints;
+        let mut writes = self.users.take_writes(Dimension::User, checkpoint);
+        writes.extend(self.role_baselines.take_writes(Dimension::Role, checkpoint));
+        writes.extend(self.hosts.take_writes(Dimension::Host, checkpoint));
+        (checkpoint, writes)
+    }
+
+    /// The store committed the writes of `checkpoint` (and, committing in
+    /// order, of every earlier one): baselines past the cache limit can be
+    /// dropped.
+    pub fn committed(&mut self, checkpoint: u64) {
+        for cache in [&mut self.users, &mut self.role_baselines, &mut self.hosts] {
+            cache.evict(self.cache_limit, checkpoint);
+        }
+    }
+
+    /// Keeps at most `limit` baselines per dimension in memory (default
+    /// [`CACHED_BASELINES`]).
+    pub fn with_cache_limit(mut self, limit: usize) -> Enricher {
+        self.cache_limit = limit;
+        self
+    }
+
+    /// How many baselines of users, roles and hosts are in memory.
+    pub fn cached(&self) -> (usize, usize, usize) {
+        (
+            self.users.baselines.len(),
+            self.role_baselines.baselines.len(),
+            self.hosts.baselines.len(),
+        )
     }
 
     /// Forgets cached baselines (after a rebalance, another instance may
@@ -278,5 +361,88 @@ impl Enricher {
         self.users.clear();
         self.role_baselines.clear();
         self.hosts.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use vigil_schemas::Kind;
+    use vigil_schemas::testkit::file_event;
+
+    use super::*;
+    use crate::roles::RoleFile;
+    use crate::state::{MemStore, StateWrite};
+
+    const MINUTE: i64 = 60_000_000_000;
+    /// Monday 2026-11-09 09:00 UTC.
+    const NINE: i64 = 1_794_182_400_000_000_000 + 9 * 60 * MINUTE;
+
+    fn open(user: &str, minute: i64) -> Event {
+        file_event(
+            user,
+            Kind::Open,
+            "/srv/phi/a.json",
+            NINE + minute * MINUTE,
+            0,
+        )
+    }
+
+    /// Takes a checkpoint and writes it to `store`; returns its number.
+    fn checkpoint(enricher: &mut Enricher, store: &MemStore) -> u64 {
+        let (number, baselines) = enricher.take_writes();
+        store
+            .commit(StateWrite {
+                baselines,
+                ..StateWrite::default()
+            })
+            .expect("commit");
+        number
+    }
+
+    #[test]
+    fn baselines_past_the_cache_limit_are_dropped_once_committed_and_read_back() {
+        let store = Arc::new(MemStore::default());
+        let mut enricher = Enricher::new(store.clone(), RoleFile::open(None).expect("roles"), 7)
+            .with_cache_limit(8);
+        let users: Vec<String> = (0..20).map(|i| format!("user{i}")).collect();
+        for user in &users {
+            enricher.enrich(&open(user, 0)).expect("enrich");
+        }
+        assert_eq!(
+            enricher.cached().0,
+            20,
+            "nothing is dropped before a checkpoint"
+        );
+
+        let first = checkpoint(&mut enricher, &store);
+        enricher.committed(first - 1);
+        assert_eq!(
+            enricher.cached().0,
+            20,
+            "baselines whose writes are still in flight stay"
+        );
+        enricher.committed(first);
+        assert_eq!(
+            enricher.cached().0,
+            6,
+            "down to three quarters of the limit"
+        );
+        assert_eq!(enricher.cached().2, 1, "one host, under the limit, stays");
+
+        // Changed baselines stay until their write is committed.
+        for user in &users {
+            enricher.enrich(&open(user, 2)).expect("enrich");
+        }
+        enricher.committed(first);
+        assert_eq!(enricher.cached().0, 20, "all changed since the last write");
+        let second = checkpoint(&mut enricher, &store);
+        enricher.committed(second);
+        assert_eq!(enricher.cached().0, 6);
+
+        // A dropped baseline comes back from the store with its history:
+        // user0's opens at minutes 0 and 2, and this one.
+        let features = enricher.enrich(&open("user0", 3)).expect("enrich");
+        assert_eq!(features.user_phi_opens_15m, 3, "{features:?}");
+        assert_eq!(enricher.cached().0, 7);
     }
 }

@@ -278,8 +278,10 @@ impl Processor {
     /// shutdown, before a rebalance).
     pub fn checkpoint(&mut self) -> StateWrite {
         self.last_checkpoint = Instant::now();
+        let (checkpoint, baselines) = self.enricher.take_writes();
         StateWrite {
-            baselines: self.enricher.take_writes(),
+            baselines,
+            checkpoint: Some(checkpoint),
             chain_heads: self.chains.take_changed(),
             offsets: std::mem::take(&mut self.deferred_offsets)
                 .into_iter()
@@ -518,6 +520,7 @@ impl Processor {
             let checkpoint = self.checkpoint();
             output.state.baselines = checkpoint.baselines;
             output.state.offsets = checkpoint.offsets;
+            output.state.checkpoint = checkpoint.checkpoint;
         }
         output
     }
@@ -527,7 +530,11 @@ impl Processor {
     /// processed.
     pub fn commit(&mut self, state: StateWrite) -> Result<()> {
         let alerted: Vec<String> = state.alerted.iter().map(|(id, _)| id.clone()).collect();
+        let checkpoint = state.checkpoint;
         self.store.commit(state)?;
+        if let Some(checkpoint) = checkpoint {
+            self.enricher.committed(checkpoint);
+        }
         for id in alerted {
             self.uncommitted_alerts.remove(&id);
             remember(&mut self.committed_alerts, id);

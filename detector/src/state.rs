@@ -57,6 +57,9 @@ pub struct StateWrite {
     pub chain_heads: Vec<(i32, ChainHead)>,
     /// (alert id, event time in ms): alerts already published.
     pub alerted: Vec<(String, i64)>,
+    /// The enricher's checkpoint `baselines` come from, if they do (see
+    /// [`crate::enrich::Enricher::committed`]); not stored.
+    pub checkpoint: Option<u64>,
 }
 
 /// Storage for detector state.
@@ -363,6 +366,7 @@ mod tests {
                     },
                 )],
                 alerted: vec![("abc".into(), 1)],
+                checkpoint: None,
             })
             .expect("commit");
         assert_eq!(
