@@ -94,64 +94,83 @@ enum ToAudit {
 }
 
 impl ToAudit {
-    /// The audit record a dead letter needs, if any: its event when it
+    /// The audit record a dead letter needs, if any: its `event` when it
     /// decoded and is audited (a wrongly keyed record or one from a host
     /// with a wrong clock), a gap when it did not decode.
-    fn letter(input: &Input, error: &str, now_ns: i64) -> Option<ToAudit> {
-        let decoded = input.payload.as_deref().map(decode::<Event>);
-        let event = match decoded {
-            Some(Ok(event)) if is_audited(&event, is_phi(&event)) => event,
-            Some(Ok(_)) => return None,
-            _ => Event {
-                event_id: format!("undecodable-{}-{}", input.partition, input.offset),
-                time_unix_ns: now_ns,
-                kind: Kind::Gap,
-                gap: Some(Gap {
-                    lost: 1,
-                    lost_kind: None,
-                    first_seq: -1,
-                    last_seq: -1,
-                    reason: format!("undecodable_record: {}", bounded(error, 512)),
-                }),
-                ..Event::default()
-            },
-        };
-        let principal = match event.kind {
-            Kind::Gap if event.host.is_empty() => input
-                .key
-                .as_deref()
-                .map(|key| bounded(&String::from_utf8_lossy(key), 256).to_owned())
-                .unwrap_or_default(),
-            _ => event.principal(),
+    fn letter(
+        input: &Input,
+        event: Option<Box<Event>>,
+        error: &str,
+        now_ns: i64,
+    ) -> Option<ToAudit> {
+        let (event, principal) = match event {
+            Some(event) if is_audited(&event, is_phi(&event)) => {
+                let principal = event.principal();
+                (event, principal)
+            }
+            Some(_) => return None,
+            None => {
+                let gap = Box::new(Event {
+                    event_id: format!("undecodable-{}-{}", input.partition, input.offset),
+                    time_unix_ns: now_ns,
+                    kind: Kind::Gap,
+                    gap: Some(Gap {
+                        lost: 1,
+                        lost_kind: None,
+                        first_seq: -1,
+                        last_seq: -1,
+                        reason: format!("undecodable_record: {}", bounded(error, 512)),
+                    }),
+                    ..Event::default()
+                });
+                let key = input
+                    .key
+                    .as_deref()
+                    .map(|key| bounded(&String::from_utf8_lossy(key), 256).to_owned());
+                (gap, key.unwrap_or_default())
+            }
         };
         Some(ToAudit::Letter {
             partition: input.partition,
             offset: input.offset,
-            event: Box::new(event),
+            event,
             principal,
         })
     }
 }
 
+/// A record [`decode_input`] refused: why, and its event if it decoded
+/// (keyed wrongly).
+#[derive(Debug)]
+pub struct Rejected {
+    pub event: Option<Box<Event>>,
+    pub error: String,
+}
+
 /// Decodes and checks one record: it must be an event keyed by its
 /// principal.
-pub fn decode_input(input: &Input) -> std::result::Result<Event, String> {
+pub fn decode_input(input: &Input) -> std::result::Result<Event, Rejected> {
+    let undecodable = |error: String| Rejected { event: None, error };
     let payload = input
         .payload
         .as_deref()
-        .ok_or_else(|| "record has no value".to_owned())?;
-    let event: Event = decode(payload).map_err(|e| e.to_string())?;
+        .ok_or_else(|| undecodable("record has no value".to_owned()))?;
+    let event: Event = decode(payload).map_err(|e| undecodable(e.to_string()))?;
     let principal = event.principal();
-    match input.key.as_deref() {
-        Some(key) if key == principal.as_bytes() => Ok(event),
-        Some(key) => Err(format!(
+    let error = match input.key.as_deref() {
+        Some(key) if key == principal.as_bytes() => return Ok(event),
+        Some(key) => format!(
             "record key `{}` is not the event's principal `{principal}`; the producer must key events by principal",
             bounded(&String::from_utf8_lossy(key), 256)
-        )),
-        None => Err(format!(
-            "record has no key; the producer must key events by principal (`{principal}`)"
-        )),
-    }
+        ),
+        None => {
+            format!("record has no key; the producer must key events by principal (`{principal}`)")
+        }
+    };
+    Err(Rejected {
+        event: Some(Box::new(event)),
+        error,
+    })
 }
 
 /// `text` cut to at most `max` bytes, at a character boundary.
@@ -362,7 +381,12 @@ impl Processor {
             match decode_input(&input) {
                 Ok(event) => {
                     if let Some(error) = self.implausible_time(&event, now_ns) {
-                        to_audit.extend(ToAudit::letter(&input, &error, now_ns));
+                        to_audit.extend(ToAudit::letter(
+                            &input,
+                            Some(Box::new(event)),
+                            &error,
+                            now_ns,
+                        ));
                         output.dead_letters.push(DeadLetter { input, error });
                         continue;
                     }
@@ -375,8 +399,8 @@ impl Processor {
                         offset: input.offset,
                     });
                 }
-                Err(error) => {
-                    to_audit.extend(ToAudit::letter(&input, &error, now_ns));
+                Err(Rejected { event, error }) => {
+                    to_audit.extend(ToAudit::letter(&input, event, &error, now_ns));
                     output.dead_letters.push(DeadLetter { input, error });
                 }
             }
