@@ -169,6 +169,18 @@ impl Verifier {
         *previous = Some(record);
     }
 
+    /// Marks `partition` broken at `position` by something that is not an
+    /// audit record (an undecodable or empty record in the audit topic),
+    /// unless an earlier link already broke it.
+    pub fn unreadable(&mut self, partition: i32, position: &str, reason: &str) {
+        let (report, _) = self.partitions.entry(partition).or_default();
+        if report.broken.is_none() {
+            report.broken = Some(format!(
+                "partition {partition} {position}: not an audit record: {reason}"
+            ));
+        }
+    }
+
     /// Per-partition results.
     pub fn reports(&self) -> BTreeMap<i32, PartitionReport> {
         self.partitions

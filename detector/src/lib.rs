@@ -18,6 +18,7 @@
 //!   expressions once per plan instead of once per batch.
 //! - [`detection`] — rule results → OCSF alerts with deterministic ids.
 //! - [`audit_chain`] — hash-chained audit records and `audit verify`.
+//! - [`audit_topic`] — `audit verify` reading the audit topic to its end.
 //! - [`state`] — the state store trait, RocksDB and in-memory stores.
 //! - [`rule_tests`] — `detector rules test`.
 //! - [`tail`] — `detector tail`.
@@ -27,6 +28,7 @@
 
 pub mod alert_text;
 pub mod audit_chain;
+pub mod audit_topic;
 pub mod baseline;
 pub mod config;
 pub mod detection;

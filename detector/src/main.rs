@@ -1,5 +1,6 @@
 //! `detector`: Vigil's detector service and its operator commands.
 
+use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,6 +11,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use vigil_detector::alert_text::{self, AlertsOptions};
 use vigil_detector::audit_chain::{Verifier, record_from_json};
+use vigil_detector::audit_topic::verify_topic;
 use vigil_detector::config::{DetectorConfig, RunArgs};
 use vigil_detector::pipeline::Pipeline;
 use vigil_detector::rule_tests;
@@ -156,8 +158,10 @@ enum AuditCommand {
     ///
     /// Reads the audit topic from the beginning, or an exported file of JSON
     /// lines (`detector tail --topic vigil.audit.v1 --from-beginning` output,
-    /// or one audit record JSON per line). Exits 0 when every chain is
-    /// intact, 1 when a link is broken.
+    /// or one audit record JSON per line). The topic is read to the high
+    /// watermark each partition had when the read started. Exits 0 when
+    /// every chain is intact, 1 when a link is broken, 2 when the topic
+    /// could not be read to its end (nothing arrived for --idle-timeout).
     Verify {
         /// Audit topic to read.
         #[arg(
@@ -172,7 +176,8 @@ enum AuditCommand {
         #[arg(long)]
         file: Option<PathBuf>,
 
-        /// When reading the topic, stop after this many seconds without a record.
+        /// When reading the topic, give up after this many seconds without a
+        /// record before every partition was read to its end.
         #[arg(long, default_value_t = 3.0, value_name = "SECONDS")]
         idle_timeout: f64,
     },
@@ -192,6 +197,86 @@ async fn main() -> ExitCode {
         Err(error) => {
             eprintln!("detector: {error:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `detector audit verify`: prints each chain's report and returns 0 when
+/// every chain is intact, 1 when a link is broken, 2 when the topic was not
+/// read to its end.
+async fn audit_verify(
+    brokers: &str,
+    topic: &str,
+    file: Option<PathBuf>,
+    idle_timeout: f64,
+) -> anyhow::Result<ExitCode> {
+    let mut verifier = Verifier::default();
+    let mut reads = BTreeMap::new();
+    match file {
+        Some(path) => {
+            let reader = std::io::BufReader::new(
+                std::fs::File::open(&path).with_context(|| format!("open {}", path.display()))?,
+            );
+            for (i, line) in reader.lines().enumerate() {
+                let line = line.with_context(|| format!("read {}", path.display()))?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let record = record_from_json(&line)
+                    .map_err(|e| anyhow::anyhow!("{} line {}: {e}", path.display(), i + 1))?;
+                verifier.check(record, &format!("line {}", i + 1));
+            }
+        }
+        None => {
+            let idle = seconds("--idle-timeout", idle_timeout)?;
+            reads = verify_topic(brokers, topic, idle, &mut verifier).await?;
+        }
+    }
+    let reports = verifier.reports();
+    for (partition, report) in &reports {
+        println!(
+            "partition {partition}: {} records, seq {}..={}: {}",
+            report.records,
+            report.first_seq.unwrap_or(0),
+            report.last_seq.unwrap_or(0),
+            report.broken.as_deref().unwrap_or("intact")
+        );
+    }
+    for (partition, read) in &reads {
+        if read.low > 0 && read.high > read.low {
+            println!(
+                "partition {partition}: offsets below {} are no longer on the broker (retention); its chain is checked from there",
+                read.low
+            );
+        }
+    }
+    let incomplete: Vec<String> = reads
+        .iter()
+        .filter(|(_, read)| !read.complete())
+        .map(|(partition, read)| {
+            format!(
+                "partition {partition} read to offset {} of {} (its high watermark when the read started)",
+                read.last_read.map_or("none".to_owned(), |o| o.to_string()),
+                read.high - 1
+            )
+        })
+        .collect();
+    match verifier.first_broken() {
+        Some(broken) => {
+            println!("BROKEN: {broken}");
+            Ok(ExitCode::FAILURE)
+        }
+        None if !incomplete.is_empty() => {
+            println!(
+                "INCOMPLETE: nothing arrived from {topic} for {idle_timeout} s before the end was read: {}. \
+                 Check the broker is reachable, or raise --idle-timeout.",
+                incomplete.join("; ")
+            );
+            Ok(ExitCode::from(2))
+        }
+        None => {
+            println!("all {} chains intact", reports.len());
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
@@ -285,81 +370,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             topic,
             file,
             idle_timeout,
-        }) => {
-            let mut verifier = Verifier::default();
-            match file {
-                Some(path) => {
-                    let reader = std::io::BufReader::new(
-                        std::fs::File::open(&path)
-                            .with_context(|| format!("open {}", path.display()))?,
-                    );
-                    for (i, line) in reader.lines().enumerate() {
-                        let line = line.with_context(|| format!("read {}", path.display()))?;
-                        if line.trim().is_empty() {
-                            continue;
-                        }
-                        let record = record_from_json(&line).map_err(|e| {
-                            anyhow::anyhow!("{} line {}: {e}", path.display(), i + 1)
-                        })?;
-                        verifier.check(record, &format!("line {}", i + 1));
-                    }
-                }
-                None => {
-                    let options = TailOptions {
-                        brokers: brokers.clone(),
-                        topic: topic.clone(),
-                        from_beginning: true,
-                        count: None,
-                        idle_timeout: Some(seconds("--idle-timeout", idle_timeout)?),
-                    };
-                    let mut lines = Vec::new();
-                    let mut errors = Vec::new();
-                    tail::run(&options, &mut lines, &mut errors).await?;
-                    if !errors.is_empty() {
-                        anyhow::bail!(
-                            "undecodable records in {topic}:\n{}",
-                            String::from_utf8_lossy(&errors)
-                        );
-                    }
-                    let mut records: Vec<(i32, i64, vigil_schemas::AuditRecord)> = Vec::new();
-                    for line in String::from_utf8_lossy(&lines).lines() {
-                        let value: serde_json::Value = serde_json::from_str(line)?;
-                        let record = record_from_json(line)
-                            .map_err(|e| anyhow::anyhow!("offset {}: {e}", value["offset"]))?;
-                        let partition = value["partition"].as_i64().unwrap_or(-1) as i32;
-                        let offset = value["offset"].as_i64().unwrap_or(-1);
-                        records.push((partition, offset, record));
-                    }
-                    records.sort_by_key(|(p, o, _)| (*p, *o));
-                    for (partition, offset, record) in records {
-                        verifier.check(
-                            record,
-                            &format!("(topic partition {partition} offset {offset})"),
-                        );
-                    }
-                }
-            }
-            let reports = verifier.reports();
-            for (partition, report) in &reports {
-                println!(
-                    "partition {partition}: {} records, seq {}..={}: {}",
-                    report.records,
-                    report.first_seq.unwrap_or(0),
-                    report.last_seq.unwrap_or(0),
-                    report.broken.as_deref().unwrap_or("intact")
-                );
-            }
-            match verifier.first_broken() {
-                Some(broken) => {
-                    println!("BROKEN: {broken}");
-                    Ok(ExitCode::FAILURE)
-                }
-                None => {
-                    println!("all {} chains intact", reports.len());
-                    Ok(ExitCode::SUCCESS)
-                }
-            }
-        }
+        }) => audit_verify(&brokers, &topic, file, idle_timeout).await,
         Command::Alerts {
             alerts_topic,
             review_topic,

@@ -100,22 +100,7 @@ pub(crate) fn assigned_consumer(
         .map_err(|e| Error::kafka("create consumer", e))?;
     let mut assignment = TopicPartitionList::new();
     for &topic in topics {
-        let metadata = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .map_err(|e| Error::kafka(format!("read metadata of {topic}"), e))?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .filter(|t| t.name() == topic && t.error().is_none())
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
-        if partitions.is_empty() {
-            return Err(Error::UnknownTopic {
-                topic: topic.to_owned(),
-                brokers: brokers.to_owned(),
-            });
-        }
-        for partition in partitions {
+        for partition in partitions_of(&consumer, brokers, topic)? {
             assignment
                 .add_partition_offset(topic, partition, start)
                 .map_err(|e| Error::kafka("build assignment", e))?;
@@ -125,6 +110,31 @@ pub(crate) fn assigned_consumer(
         .assign(&assignment)
         .map_err(|e| Error::kafka("assign partitions", e))?;
     Ok(consumer)
+}
+
+/// The partitions of `topic`, or [`Error::UnknownTopic`] when the broker
+/// has none.
+pub(crate) fn partitions_of(
+    consumer: &impl Consumer,
+    brokers: &str,
+    topic: &str,
+) -> Result<Vec<i32>> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(|e| Error::kafka(format!("read metadata of {topic}"), e))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(Error::UnknownTopic {
+            topic: topic.to_owned(),
+            brokers: brokers.to_owned(),
+        });
+    }
+    Ok(partitions)
 }
 
 /// The next message, or `None` when nothing arrived within `idle` (no
