@@ -85,6 +85,11 @@ struct Resume {
     /// Partitions resumed at a stored offset that have sent nothing yet,
     /// with the time of their assignment.
     probing: HashMap<i32, Instant>,
+    /// A stored offset that could not be read at an assignment. Its
+    /// partition is left unassigned (read from its beginning, it would
+    /// count every retained event into the baselines a second time) and the
+    /// service stops on this error.
+    unreadable: Option<Error>,
 }
 
 /// Consumer context: resumes assigned partitions from the stored offsets.
@@ -117,12 +122,21 @@ impl ConsumerContext for DetectorContext {
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
                 resume.skip_below.clear();
                 resume.probing.clear();
+                let mut readable = TopicPartitionList::new();
                 for (topic, partition) in &assigned {
                     let stored = match self.store.offset(topic, *partition) {
                         Ok(stored) => stored,
                         Err(e) => {
-                            tracing::error!(%topic, partition, error = %e, "Reading stored offset");
-                            None
+                            tracing::error!(%topic, partition, error = %e, "Cannot read the stored offset; the partition is not consumed and the detector stops");
+                            resume.unreadable.get_or_insert(Error::State {
+                                context: format!(
+                                    "the stored offset of {topic}/{partition} cannot be read, so the partition cannot resume \
+                                     (read from its beginning, its events would count twice in the baselines); \
+                                     repair the state directory or move it away to rebuild the state"
+                                ),
+                                source: Box::new(e),
+                            });
+                            continue;
                         }
                     };
                     let start = match (stored, self.resume_exact) {
@@ -139,12 +153,12 @@ impl ConsumerContext for DetectorContext {
                         (None, _) => Offset::Beginning,
                     };
                     tracing::info!(%topic, partition, ?stored, ?start, "Partition assigned");
-                    if let Err(e) = tpl.set_partition_offset(topic, *partition, start) {
+                    if let Err(e) = readable.add_partition_offset(topic, *partition, start) {
                         tracing::error!(%topic, partition, error = %e, "Cannot set the start offset");
                     }
                 }
                 drop(resume);
-                if let Err(e) = consumer.assign(tpl) {
+                if let Err(e) = consumer.assign(&readable) {
                     tracing::error!(error = %e, "Assigning partitions");
                 }
             }
@@ -695,6 +709,7 @@ impl Pipeline {
                     self.flush(std::mem::take(&mut pending)).await?;
                 }
                 _ = housekeeping.tick() => {
+                    self.stop_on_unreadable_offset()?;
                     self.reload().await;
                     self.reread_stalled_partitions().await;
                     if Instant::now() >= next_progress {
@@ -714,6 +729,7 @@ impl Pipeline {
                         // consumed before it goes back, what comes after
                         // belongs to the new assignment.
                         self.revocations.hand_back(&mut self.counters, &mut pending);
+                        self.stop_on_unreadable_offset()?;
                         match message {
                             Ok(message) => {
                                 let resumed_past = Self::accept(
@@ -892,6 +908,19 @@ impl Pipeline {
             "The broker skipped records after the stored offset (tansu's memory storage, inside a record batch); reading the partition from its beginning and skipping what was processed"
         );
         Ok(())
+    }
+
+    /// The error of a stored offset the last assignment could not read:
+    /// the detector stops on it rather than read that partition from its
+    /// beginning (see [`Resume::unreadable`]).
+    fn stop_on_unreadable_offset(&self) -> Result<()> {
+        let unreadable = self
+            .resume
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unreadable
+            .take();
+        unreadable.map_or(Ok(()), Err)
     }
 
     /// Reads again, from an earlier offset, the partitions resumed at a

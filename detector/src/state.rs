@@ -204,9 +204,14 @@ impl StateStore for RocksStore {
     }
 
     fn offset(&self, topic: &str, partition: i32) -> Result<Option<i64>> {
-        Ok(self
-            .get(CF_OFFSETS, &offset_key(topic, partition))?
-            .and_then(|v| be_i64(&v)))
+        self.get(CF_OFFSETS, &offset_key(topic, partition))?
+            .map(|bytes| {
+                be_i64(&bytes).ok_or_else(|| Error::State {
+                    context: format!("stored offset of {topic}/{partition}"),
+                    source: format!("{} bytes where an 8-byte offset belongs", bytes.len()).into(),
+                })
+            })
+            .transpose()
     }
 
     fn chain_head(&self, partition: i32) -> Result<Option<ChainHead>> {

@@ -217,3 +217,59 @@ async fn with_resume_exact_a_partition_without_state_is_read_from_its_beginning(
         "every retained event rebuilds the baselines, not only those after the group's offset: {counters:?}"
     );
 }
+
+/// A stored offset that cannot be read (here 3 bytes where 8 belong, as a
+/// damaged state directory might hold) stops the detector with an error
+/// naming the partition. Before session 18 it counted as "no state": the
+/// partition was read from its beginning and every retained event counted
+/// into the baselines a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_stored_offset_stops_the_detector_instead_of_rereading_the_partition() {
+    let broker = TestBroker::start();
+    let topics = common::topics(&broker, 1).await;
+    let rules = common::rules_dir(&["phi-bulk-read"]);
+    let state = tempfile::tempdir().expect("state dir");
+    common::produce_events(&broker, &topics.events, &events(0..5)).await;
+    drop(RocksStore::open(state.path()).expect("create the state"));
+    {
+        let options = rocksdb::Options::default();
+        let families = rocksdb::DB::list_cf(&options, state.path()).expect("column families");
+        let db = rocksdb::DB::open_cf(&options, state.path(), &families).expect("open the state");
+        let mut key = topics.events.as_bytes().to_vec();
+        key.push(0);
+        key.extend_from_slice(&0i32.to_be_bytes());
+        let offsets = db.cf_handle("offsets").expect("offsets family");
+        db.put_cf(offsets, key, [1u8, 2, 3])
+            .expect("damage the offset");
+    }
+
+    let config = common::config(&broker, &topics, state.path(), rules.path());
+    let (_stop, running) = common::spawn_detector(config, "detector starts").await;
+    let outcome = tokio::time::timeout(Duration::from_secs(60), running)
+        .await
+        .expect("the detector stops on its own")
+        .expect("task");
+    let error = outcome
+        .expect_err("an unreadable offset is an error")
+        .to_string();
+    assert!(
+        error.contains(&format!(
+            "stored offset of {}/0 cannot be read",
+            topics.events
+        )),
+        "{error}"
+    );
+    assert!(
+        error.contains("3 bytes where an 8-byte offset belongs"),
+        "{error}"
+    );
+    let audit = read_topic(
+        &broker,
+        &topics.audit,
+        0,
+        Duration::from_secs(1),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(audit.is_empty(), "no event of the partition was processed");
+}
