@@ -29,12 +29,19 @@ const MAX_SILENT_FOLDS: i64 = 4 * BUCKETS as i64;
 /// First-seen sets stop growing here (a principal with more distinct
 /// executables than this is not one whose novelty means much).
 const MAX_SEEN: usize = 4096;
+/// The open hour keeps at most this many distinct PHI file hashes. Past
+/// it, only a sample is kept (see [`Baseline::add`]) and the hour's count
+/// of distinct files is estimated from it, within about 2%: a bulk copy of
+/// 100,000 files still reads as about 100,000, while the baseline stays
+/// a few tens of kilobytes (it is written to the store with every batch
+/// that touches it).
+const MAX_OPEN_FILES: usize = 4096;
 /// Rolling window length in minutes.
 pub const ROLLING_MINUTES: usize = 15;
 
 /// First byte of an encoded baseline; bumped whenever the layout changes,
 /// so state written by another version is recognised instead of misread.
-const STATE_VERSION: u8 = 3;
+const STATE_VERSION: u8 = 4;
 
 const NS_PER_MINUTE: i64 = 60_000_000_000;
 const NS_PER_HOUR: i64 = 60 * NS_PER_MINUTE;
@@ -60,6 +67,19 @@ pub fn stable_hash(text: &str) -> u64 {
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
     hash
+}
+
+/// A [`stable_hash`] with every bit mixed into its low bits (MurmurHash3's
+/// 64-bit finalizer): FNV-1a's bit k depends only on bits 0..=k of the
+/// text's bytes, so paths differing in their digits would share low bits
+/// and sample unevenly.
+fn sample_bits(hash: u64) -> u64 {
+    let mut h = hash;
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
 }
 
 /// What a week's observations weigh `weeks` weeks later.
@@ -137,7 +157,9 @@ pub struct Baseline {
     /// Hour index of the open hour, or `None` before the first event.
     pub open_hour: Option<i64>,
     pub open: Volume,
-    /// Distinct PHI files of the open hour.
+    /// Distinct PHI files of the open hour: every one, or when there were
+    /// more than [`MAX_OPEN_FILES`], those whose hash has its low
+    /// `open_files_level` bits zero.
     open_files: FxHashSet<u64>,
     pub seen_exe: FxHashSet<u64>,
     pub seen_destination: FxHashSet<u64>,
@@ -157,6 +179,9 @@ pub struct Baseline {
     /// folded in and the decayed weight of all of them (empty for users and
     /// hosts; see [`Baseline::fold_member_hour`]).
     member_weights: Vec<(i64, f64)>,
+    /// How many low hash bits a PHI file of the open hour needs zero to be
+    /// kept in `open_files` (0: all are kept).
+    open_files_level: u8,
 }
 
 /// What an event contributes to the volume features.
@@ -175,9 +200,11 @@ impl Baseline {
     pub fn decode(bytes: &[u8]) -> Option<Baseline> {
         match bytes.split_first() {
             Some((&STATE_VERSION, body)) => postcard::from_bytes(body).ok(),
-            // Version 2 lacked `member_weights`, the last field: an empty
-            // one is a single zero byte (its length).
-            Some((2, body)) => postcard::from_bytes(&[body, &[0]].concat()).ok(),
+            // Version 3 lacked `open_files_level`, the last field (0 is
+            // one zero byte); version 2 also `member_weights` before it (an
+            // empty one is one zero byte, its length).
+            Some((3, body)) => postcard::from_bytes(&[body, &[0]].concat()).ok(),
+            Some((2, body)) => postcard::from_bytes(&[body, &[0, 0]].concat()).ok(),
             _ => None,
         }
     }
@@ -219,19 +246,39 @@ impl Baseline {
                 self.open_hour = Some(hour);
                 self.open = Volume::default();
                 self.open_files.clear();
+                self.open_files_level = 0;
             }
             Some(_) => {}
         }
         folded
     }
 
+    /// Counts a PHI file into the open hour's distinct files. Up to
+    /// [`MAX_OPEN_FILES`] every file is kept and the count is exact. Past
+    /// it, the sample is halved (only hashes with one more low bit zero are
+    /// kept) as often as needed to stay within the bound, and the count is
+    /// the sample's size times 2^level: a uniform hash keeps each distinct
+    /// file with probability 2^-level, whatever the order or repetitions.
+    fn add_open_file(&mut self, hash: u64) {
+        let mask = (1u64 << self.open_files_level) - 1;
+        if sample_bits(hash) & mask != 0 || !self.open_files.insert(hash) {
+            return;
+        }
+        while self.open_files.len() > MAX_OPEN_FILES && self.open_files_level < 63 {
+            self.open_files_level += 1;
+            let mask = (1u64 << self.open_files_level) - 1;
+            self.open_files
+                .retain(|&kept| sample_bits(kept) & mask == 0);
+        }
+        self.open.phi_files =
+            self.open_files.len() as f64 * 2f64.powi(i32::from(self.open_files_level));
+    }
+
     /// Adds an event to the open hour and the rolling window.
     pub fn add(&mut self, time_unix_ns: i64, contribution: Contribution<'_>) {
         self.open.events += 1.0;
-        if let Some(path) = contribution.phi_path
-            && self.open_files.insert(stable_hash(path))
-        {
-            self.open.phi_files += 1.0;
+        if let Some(path) = contribution.phi_path {
+            self.add_open_file(stable_hash(path));
         }
         self.open.bytes_read += contribution.bytes_read as f64;
         self.open.bytes_sent += contribution.bytes_sent as f64;
@@ -527,6 +574,57 @@ mod tests {
     }
 
     #[test]
+    fn an_hour_of_many_files_is_counted_from_a_bounded_sample() {
+        let mut b = Baseline::default();
+        b.advance_to(10);
+        for i in 0..1_000 {
+            b.add(10 * HOUR, phi_open(&format!("/srv/phi/patient-{i}.json")));
+            b.add(10 * HOUR, phi_open(&format!("/srv/phi/patient-{i}.json")));
+        }
+        assert_eq!(b.open.phi_files, 1_000.0, "exact below the bound");
+
+        for i in 1_000..100_000 {
+            b.add(10 * HOUR, phi_open(&format!("/srv/phi/patient-{i}.json")));
+        }
+        // Repeats in any order change nothing.
+        for i in (0..100_000).step_by(7) {
+            b.add(10 * HOUR, phi_open(&format!("/srv/phi/patient-{i}.json")));
+        }
+        let estimate = b.open.phi_files;
+        assert!(
+            (95_000.0..105_000.0).contains(&estimate),
+            "100,000 distinct files estimated as {estimate}"
+        );
+        assert!(
+            b.open_files.len() <= MAX_OPEN_FILES,
+            "{}",
+            b.open_files.len()
+        );
+        assert!(b.encode().len() < 64 * 1024, "{} bytes", b.encode().len());
+
+        // The next hour starts exact again.
+        b.advance_to(11);
+        b.add(11 * HOUR, phi_open("/srv/phi/patient-1.json"));
+        assert_eq!(b.open.phi_files, 1.0);
+        assert_eq!(
+            b.bucket(10).mean[1],
+            estimate,
+            "the first fold takes the hour as it is"
+        );
+    }
+
+    #[test]
+    fn version_3_state_still_decodes() {
+        let mut b = Baseline::default();
+        b.advance_to(10);
+        b.add(10 * HOUR, phi_open("/phi/a"));
+        let mut bytes = b.encode();
+        assert_eq!(bytes.pop(), Some(0), "level 0 is one zero byte");
+        bytes[0] = 3;
+        assert_eq!(Baseline::decode(&bytes), Some(b));
+    }
+
+    #[test]
     fn version_2_state_still_decodes() {
         let monday9 = hour_index(1_795_392_000_i64 * 1_000_000_000 + 9 * HOUR);
         let mut role = Baseline::default();
@@ -538,9 +636,11 @@ mod tests {
             });
         }
         role.member_weights.clear();
-        // Version 2's layout: the same fields without `member_weights`.
+        // Version 2's layout: the same fields without `member_weights` and
+        // `open_files_level`.
         let mut bytes = role.encode();
-        assert_eq!(bytes.pop(), Some(0), "an empty last field is one zero byte");
+        assert_eq!(bytes.pop(), Some(0), "level 0 is one zero byte");
+        assert_eq!(bytes.pop(), Some(0), "an empty list is one zero byte");
         bytes[0] = 2;
         let back = Baseline::decode(&bytes).expect("version 2 decodes");
         assert_eq!(back, role);
