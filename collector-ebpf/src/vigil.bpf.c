@@ -412,10 +412,13 @@ static __always_inline void absolute_path(struct scratch *s, char *dst, long len
 
 /* Says whether a user path is in the watched scope and, when it is, writes
  * it into dst, absolute. An absolute path is matched against the watched
- * prefixes (one string copy and one trie lookup, the cheapest test for the
- * many opens that are out of scope). A relative one is matched by its
- * directories: for a successful open, those of the file it opened (`opened`,
- * the new descriptor), otherwise those of its starting directory (the
+ * prefixes first (one string copy and one trie lookup). A path the prefixes
+ * miss, and every relative one, is matched by its directories: for a
+ * successful open, those of the file it opened (`opened`, the new
+ * descriptor), so a watched file reached through a symbolic link, a bind
+ * mount or another mount of its filesystem is still in scope and reported
+ * by its own path; otherwise (a failed open, or an operation without a
+ * descriptor) a relative path is matched by its starting directory (the
  * working directory, or the directory descriptor dfd). */
 static __always_inline bool path_in_scope(struct scratch *s, char *dst, const char *upath,
 					  long dfd, __s64 opened)
@@ -427,9 +430,14 @@ static __always_inline bool path_in_scope(struct scratch *s, char *dst, const ch
 	if (key->data[0] == '/') {
 		/* with the NUL: "/phi\0" matches the watched directory itself */
 		key->prefixlen = len * 8;
-		if (!bpf_map_lookup_elem(&watched_prefixes, key))
+		if (bpf_map_lookup_elem(&watched_prefixes, key)) {
+			__builtin_memcpy(dst, key->data, VIGIL_PATH_LEN);
+			return true;
+		}
+		if (!watch_relative || opened < 0 || !fd_in_scope(opened))
 			return false;
 		__builtin_memcpy(dst, key->data, VIGIL_PATH_LEN);
+		absolute_path(s, dst, len, dfd, opened);
 		return true;
 	}
 	if (!watch_relative)

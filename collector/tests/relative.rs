@@ -139,3 +139,61 @@ async fn relative_opens_through_a_directory_descriptor_or_an_unwatched_cwd_are_m
         "nothing about the unwatched directory or its file: {summary:?}"
     );
 }
+
+/// A watched file opened by an absolute path through a symbolic link to
+/// its directory: the path's text misses the watched prefixes, the opened
+/// file's directories do not. The open and its read roll-up carry the
+/// file's own path. Before session 18 only relative paths were matched by
+/// directory, so `cat /tmp/link/chart.txt` with `/tmp/link -> /srv/phi`
+/// read PHI unseen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absolute_path_through_a_symlink_to_a_watched_directory_is_matched() {
+    require_root();
+    let broker = TestBroker::start();
+    let topic = broker.topic("collector.symlink", 1).await;
+    let parent = tempfile::tempdir().expect("temp dir");
+    let watched = parent.path().join("phi");
+    std::fs::create_dir(&watched).expect("mkdir phi");
+    let link = parent.path().join("link");
+    std::os::unix::fs::symlink(&watched, &link).expect("symlink");
+    let chart = watched.join("chart.txt");
+    std::fs::write(&chart, vec![b'x'; 3_000]).expect("write");
+    let collector = Collector::start(broker.bootstrap(), &topic, &watched, &[]);
+
+    let through_link = link.join("chart.txt");
+    let cat = Command::new("cat")
+        .arg(&through_link)
+        .output()
+        .expect("run cat");
+    assert_eq!(cat.stdout.len(), 3_000, "cat read the file through the link");
+    let marker = watched.join("marker.txt");
+    std::fs::write(&marker, b"end").expect("write marker");
+
+    let events = consume_until(
+        broker.bootstrap(),
+        &topic,
+        Duration::from_secs(30),
+        |events| !opens_of(events, &marker).is_empty(),
+    )
+    .await;
+    let stderr = collector.stop();
+    let summary: Vec<_> = events
+        .iter()
+        .map(|p| (&p.event.kind, &p.event.comm, &p.event.path, p.event.bytes))
+        .collect();
+    assert!(
+        opens_of(&events, &chart)
+            .iter()
+            .any(|e| e.comm == "cat" && e.errno == 0),
+        "cat {} is reported as an open of {}: {summary:?}\n{stderr}",
+        through_link.display(),
+        chart.display()
+    );
+    let reads = common::bytes_of(&events, Kind::Read, chart.to_str().expect("utf-8"));
+    assert_eq!(reads, vec![3_000], "its read roll-up: {summary:?}");
+    assert!(
+        events.iter().all(|p| p.event.path.as_deref()
+            != Some(through_link.to_str().expect("utf-8"))),
+        "no event names the link's path: {summary:?}"
+    );
+}
