@@ -165,7 +165,11 @@ async fn an_absolute_path_through_a_symlink_to_a_watched_directory_is_matched() 
         .arg(&through_link)
         .output()
         .expect("run cat");
-    assert_eq!(cat.stdout.len(), 3_000, "cat read the file through the link");
+    assert_eq!(
+        cat.stdout.len(),
+        3_000,
+        "cat read the file through the link"
+    );
     let marker = watched.join("marker.txt");
     std::fs::write(&marker, b"end").expect("write marker");
 
@@ -192,8 +196,9 @@ async fn an_absolute_path_through_a_symlink_to_a_watched_directory_is_matched() 
     let reads = common::bytes_of(&events, Kind::Read, chart.to_str().expect("utf-8"));
     assert_eq!(reads, vec![3_000], "its read roll-up: {summary:?}");
     assert!(
-        events.iter().all(|p| p.event.path.as_deref()
-            != Some(through_link.to_str().expect("utf-8"))),
+        events
+            .iter()
+            .all(|p| p.event.path.as_deref() != Some(through_link.to_str().expect("utf-8"))),
         "no event names the link's path: {summary:?}"
     );
 }
