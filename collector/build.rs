@@ -177,6 +177,11 @@ fn layout_probe_source() -> String {
             "\tprintf(\"pub const KIND_{kind}: u32 = %d;\\n\", VIGIL_KIND_{kind});\n"
         ));
     }
+    for loss in ["LOSS_UNTRACKED", "DROPS_MAX"] {
+        c.push_str(&format!(
+            "\tprintf(\"pub const {loss}: u32 = %d;\\n\", VIGIL_{loss});\n"
+        ));
+    }
     for constant in ["COMM_LEN", "PATH_LEN", "ADDR_LEN"] {
         c.push_str(&format!(
             "\tprintf(\"pub const {constant}: usize = %d;\\n\", VIGIL_{constant});\n"

@@ -69,10 +69,11 @@ struct {
  * inside the gap waits for that look, not for the next wakeup. */
 #define VIGIL_WAKEUP_GAP_NS 1000000ull
 
-/* Failed ring-buffer reservations, per CPU, indexed by enum vigil_kind. */
+/* Failed ring-buffer reservations, per CPU, indexed by enum vigil_kind;
+ * past the kinds, the other losses (enum vigil_loss). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, VIGIL_KIND_MAX);
+	__uint(max_entries, VIGIL_DROPS_MAX);
 	__type(key, __u32);
 	__type(value, __u64);
 } drops SEC(".maps");
@@ -115,7 +116,9 @@ struct {
 } inflight SEC(".maps");
 
 /* Descriptors opened on watched paths, by pid << 32 | fd. Walked whole at
- * fork and exit of the processes in files_owners, so kept small. */
+ * fork and exit of the processes in files_owners, so kept small. The
+ * collector sets the size (--tracked-files); a descriptor that finds it
+ * full is counted in drops[VIGIL_LOSS_UNTRACKED]. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
@@ -136,9 +139,12 @@ struct owned {
 /* Processes (or threads) that have had an entry in open_files. Only the
  * forks and exits of those that still have some touch open_files: one
  * lookup per descriptor when they are all below OWNED_BITS, otherwise a
- * walk of the whole map (every bucket, about 200 us). */
+ * walk of the whole map (every bucket, about 200 us). Not an LRU: an
+ * evicted owner's entries would never be swept. An entry goes at its
+ * owner's exit; a descriptor whose owner finds the map full is not tracked
+ * (and counted as such). Sized like open_files by the collector. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
 	__type(key, __u32);
 	__type(value, struct owned);
@@ -287,20 +293,21 @@ static __always_inline struct pt_regs *syscall_regs(void)
 	return (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 }
 
-/* Counts an entry of open_files (key: owner << 32 | fd) in or out. */
-static __always_inline void count_owned(__u64 key, __s64 delta)
+/* Counts an entry of open_files (key: owner << 32 | fd) in or out; false
+ * when an entry in cannot be counted because files_owners is full. */
+static __always_inline bool count_owned(__u64 key, __s64 delta)
 {
 	__u32 owner = key >> 32;
 	__u32 fd = (__u32)key;
 	struct owned *owned = bpf_map_lookup_elem(&files_owners, &owner);
 	if (!owned) {
 		if (delta < 0)
-			return;
+			return true;
 		struct owned fresh = {};
 		bpf_map_update_elem(&files_owners, &owner, &fresh, BPF_NOEXIST);
 		owned = bpf_map_lookup_elem(&files_owners, &owner);
 		if (!owned)
-			return;
+			return false;
 	}
 	__sync_fetch_and_add(&owned->count, delta);
 	if (fd < OWNED_BITS) {
@@ -310,6 +317,7 @@ static __always_inline void count_owned(__u64 key, __s64 delta)
 		else
 			__sync_fetch_and_and(&owned->low[(fd >> 6) & 1], ~bit);
 	}
+	return true;
 }
 
 /* A process's (or thread's) entries, when it has some. */
@@ -609,15 +617,32 @@ static __always_inline void emit_file_rollups(struct vigil_tracked *file)
 		emit_as(&file->rec, VIGIL_KIND_WRITE, written, true);
 }
 
-/* Adds a watched descriptor and counts it for its owner. An entry already
- * there is one whose close was not seen (the descriptor number was reused):
- * its bytes are reported before it is replaced. */
+/* Inserts a new entry of open_files and counts it for its owner; false
+ * when it is already there. When either map is full the descriptor is not
+ * tracked, and the loss of its roll-ups is counted. */
+static __always_inline bool insert_file(__u64 key, struct vigil_tracked *file)
+{
+	if (bpf_map_update_elem(&open_files, &key, file, BPF_NOEXIST) != 0) {
+		if (bpf_map_lookup_elem(&open_files, &key))
+			return false;
+		count_drop(VIGIL_LOSS_UNTRACKED);
+		return true;
+	}
+	if (!count_owned(key, 1)) {
+		/* an entry its owner's exit would never sweep */
+		bpf_map_delete_elem(&open_files, &key);
+		count_drop(VIGIL_LOSS_UNTRACKED);
+	}
+	return true;
+}
+
+/* Adds a watched descriptor. An entry already there is one whose close was
+ * not seen (the descriptor number was reused): its bytes are reported
+ * before it is replaced. */
 static __always_inline void track_file(__u64 key, struct vigil_tracked *file)
 {
-	if (bpf_map_update_elem(&open_files, &key, file, BPF_NOEXIST) == 0) {
-		count_owned(key, 1);
+	if (insert_file(key, file))
 		return;
-	}
 	struct vigil_tracked *stale = bpf_map_lookup_elem(&open_files, &key);
 	if (stale)
 		emit_file_rollups(stale);
@@ -819,8 +844,7 @@ static __always_inline void inherit_entry(struct scratch *s, const struct vigil_
 	s->slot.read_bytes = 0;
 	s->slot.write_bytes = 0;
 	__u64 child_key = ((__u64)child << 32) | fd;
-	if (bpf_map_update_elem(&open_files, &child_key, &s->slot, BPF_NOEXIST) == 0)
-		count_owned(child_key, 1);
+	insert_file(child_key, &s->slot);
 }
 
 struct inherit_ctx {

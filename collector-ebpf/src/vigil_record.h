@@ -46,6 +46,16 @@ enum vigil_kind {
 	VIGIL_KIND_MAX = 18,
 };
 
+/* The slots of the drop counters past the kinds: losses that are not a
+ * full ring buffer. */
+enum vigil_loss {
+	/* A watched descriptor that could not be tracked because open_files
+	 * or files_owners was full: its read and write roll-ups are lost. */
+	VIGIL_LOSS_UNTRACKED = VIGIL_KIND_MAX,
+	/* The number of drop counters. */
+	VIGIL_DROPS_MAX = VIGIL_KIND_MAX + 1,
+};
+
 /* Uid and cgroup scope modes (globals uid_mode, cgroup_mode). */
 enum vigil_scope_mode {
 	VIGIL_SCOPE_ALL = 0,      /* every uid / cgroup */

@@ -114,6 +114,15 @@ pub struct Args {
     #[arg(long, env = "VIGIL_ROLLUP_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub rollup_interval: Option<Duration>,
 
+    /// Watched descriptors tracked at once (all processes together) for
+    /// their read and write roll-ups. Past it a newly opened watched file
+    /// is still reported, but its roll-ups are lost and counted in a
+    /// `kernel_tracking_full` gap. Each slot takes about 700 bytes of
+    /// kernel memory, and the exit or fork of a process holding more than
+    /// 128 descriptors walks the whole table. Default 16384.
+    #[arg(long, env = "VIGIL_TRACKED_FILES", value_name = "DESCRIPTORS")]
+    pub tracked_files: Option<u32>,
+
     /// Host name on events. Default: the kernel's host name.
     #[arg(long, env = "VIGIL_HOST", value_name = "NAME")]
     pub host: Option<String>,
@@ -138,6 +147,7 @@ pub struct FileConfig {
     pub flush_timeout: Option<Duration>,
     #[serde(default, with = "humantime_opt")]
     pub rollup_interval: Option<Duration>,
+    pub tracked_files: Option<u32>,
     pub host: Option<String>,
 }
 
@@ -161,6 +171,11 @@ pub enum Scope<T> {
     AllBut(Vec<T>),
 }
 
+/// Bounds of `tracked_files`: below 16 the table is useless; 262,144 slots
+/// take about 190 MB of kernel memory.
+const TRACKED_FILES_MIN: u32 = 16;
+const TRACKED_FILES_MAX: u32 = 262_144;
+
 /// The merged configuration the collector runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -174,6 +189,7 @@ pub struct Config {
     pub stats_interval: Duration,
     pub flush_timeout: Duration,
     pub rollup_interval: Duration,
+    pub tracked_files: u32,
     pub host: Option<String>,
 }
 
@@ -203,6 +219,12 @@ impl Config {
         if !ringbuf_bytes.is_power_of_two() || ringbuf_bytes < 4096 {
             return Err(Error::Setting(format!(
                 "ringbuf_bytes {ringbuf_bytes} must be a power of two of at least 4096"
+            )));
+        }
+        let tracked_files = args.tracked_files.or(file.tracked_files).unwrap_or(16_384);
+        if !(TRACKED_FILES_MIN..=TRACKED_FILES_MAX).contains(&tracked_files) {
+            return Err(Error::Setting(format!(
+                "tracked_files {tracked_files} must be between {TRACKED_FILES_MIN} and {TRACKED_FILES_MAX}"
             )));
         }
         let watch = args
@@ -251,6 +273,7 @@ impl Config {
                 .rollup_interval
                 .or(file.rollup_interval)
                 .unwrap_or(Duration::from_secs(60)),
+            tracked_files,
             host: args.host.or(file.host),
         })
     }
@@ -368,6 +391,23 @@ mod tests {
     fn ring_buffer_size_must_be_a_power_of_two() {
         let args = Args::parse_from(["collector", "--ringbuf-bytes", "5000"]);
         assert!(Config::merge(args, FileConfig::default()).is_err());
+    }
+
+    #[test]
+    fn the_tracking_table_size_is_bounded() {
+        for bad in ["8", "1000000"] {
+            let args = Args::parse_from(["collector", "--tracked-files", bad]);
+            let error = Config::merge(args, FileConfig::default()).expect_err(bad);
+            assert!(error.to_string().contains("tracked_files"), "{error}");
+        }
+        let config = Config::merge(
+            Args::parse_from(["collector"]),
+            file("tracked_files = 1024"),
+        )
+        .expect("valid");
+        assert_eq!(config.tracked_files, 1024);
+        let config = Config::merge(Args::parse_from(["collector"]), FileConfig::default());
+        assert_eq!(config.expect("defaults").tracked_files, 16_384);
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub use config::{Args, Config};
 pub use error::{Error, Result};
 
 use enrich::{Enricher, kind_of};
-use loader::{DropCounters, Probes};
+use loader::{DropCounters, KernelLoss, Probes};
 use publish::Outbox;
 use record::RawRecord;
 
@@ -61,6 +61,9 @@ pub struct Summary {
     pub records: u64,
     /// Events the kernel could not write (ring buffer full).
     pub kernel_drops: u64,
+    /// Watched descriptors the kernel could not track (table full): their
+    /// read and write roll-ups are lost.
+    pub untracked_files: u64,
     /// Events dropped because the queue to the broker was full.
     pub queue_drops: u64,
     /// Events never delivered at exit (broker unreachable at shutdown).
@@ -215,6 +218,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary>
     let summary = Summary {
         records,
         kernel_drops: drops.total(),
+        untracked_files: drops.untracked(),
         queue_drops,
         undelivered,
         refused: deliveries.refused_total.load(Ordering::Relaxed),
@@ -234,6 +238,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary>
     info!(
         records = summary.records,
         kernel_drops = summary.kernel_drops,
+        untracked_files = summary.untracked_files,
         queue_drops = summary.queue_drops,
         undelivered = summary.undelivered,
         refused = summary.refused,
@@ -293,9 +298,14 @@ fn report_refused(deliveries: &publish::DeliveryStats, outbox: &mut Outbox) {
 fn report_drops(drops: &mut DropCounters, outbox: &mut Outbox) {
     match drops.new_drops() {
         Ok(fresh) => {
-            for (kind, count) in fresh {
-                let kind = kind_of(kind).unwrap_or(vigil_schemas::Kind::Unknown);
-                outbox.kernel_drops(kind, count);
+            for (loss, count) in fresh {
+                match loss {
+                    KernelLoss::RingBufFull(kind) => {
+                        let kind = kind_of(kind).unwrap_or(vigil_schemas::Kind::Unknown);
+                        outbox.kernel_drops(kind, count);
+                    }
+                    KernelLoss::Untracked => outbox.untracked_files(count),
+                }
             }
         }
         Err(e) => warn!(error = %e, "Cannot read the kernel drop counters"),

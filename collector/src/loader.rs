@@ -103,6 +103,8 @@ impl Probes {
             .override_global("watch_relative", &watch_relative, true)
             .override_global("rollup_interval_ns", &rollup_interval_ns, true)
             .map_max_entries("events", config.ringbuf_bytes)
+            .map_max_entries("open_files", config.tracked_files)
+            .map_max_entries("files_owners", config.tracked_files)
             .load(OBJECT)
             .map_err(|e| Error::Load(Box::new(e)))?;
 
@@ -196,7 +198,8 @@ impl Probes {
         rollups
     }
 
-    /// The per-CPU, per-kind counters of failed ring-buffer reservations.
+    /// The per-CPU counters of failed ring-buffer reservations (per kind)
+    /// and of watched descriptors left untracked.
     pub fn take_drops(&mut self) -> Result<DropCounters> {
         let map = self
             .ebpf
@@ -205,9 +208,19 @@ impl Probes {
         let counters = PerCpuArray::try_from(map).map_err(|e| map_error("drops", e))?;
         Ok(DropCounters {
             counters,
-            seen: vec![0; layout::KIND_MAX as usize],
+            seen: vec![0; layout::DROPS_MAX as usize],
         })
     }
+}
+
+/// A loss the kernel counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelLoss {
+    /// Records of this kernel kind that found the ring buffer full.
+    RingBufFull(u32),
+    /// Watched descriptors left untracked (open_files or files_owners
+    /// full): their read and write roll-ups are lost.
+    Untracked,
 }
 
 /// Kernel drop counters and what has been reported of them so far.
@@ -225,27 +238,38 @@ impl std::fmt::Debug for DropCounters {
 }
 
 impl DropCounters {
-    /// New drops since the last call, as (kernel kind, count).
-    pub fn new_drops(&mut self) -> Result<Vec<(u32, u64)>> {
+    /// New losses since the last call, with their counts.
+    pub fn new_drops(&mut self) -> Result<Vec<(KernelLoss, u64)>> {
         let mut fresh = Vec::new();
-        for kind in 0..layout::KIND_MAX {
+        for slot in 0..layout::DROPS_MAX {
             let per_cpu = self
                 .counters
-                .get(&kind, 0)
+                .get(&slot, 0)
                 .map_err(|e| map_error("drops", e))?;
             let total: u64 = per_cpu.iter().sum();
-            let seen = &mut self.seen[kind as usize];
+            let seen = &mut self.seen[slot as usize];
             if total > *seen {
-                fresh.push((kind, total - *seen));
+                let loss = if slot == layout::LOSS_UNTRACKED {
+                    KernelLoss::Untracked
+                } else {
+                    KernelLoss::RingBufFull(slot)
+                };
+                fresh.push((loss, total - *seen));
                 *seen = total;
             }
         }
         Ok(fresh)
     }
 
-    /// Every drop counted since the programs were loaded.
+    /// Records dropped for a full ring buffer since the programs were
+    /// loaded.
     pub fn total(&self) -> u64 {
-        self.seen.iter().sum()
+        self.seen[..layout::KIND_MAX as usize].iter().sum()
+    }
+
+    /// Watched descriptors left untracked since the programs were loaded.
+    pub fn untracked(&self) -> u64 {
+        self.seen[layout::LOSS_UNTRACKED as usize]
     }
 }
 

@@ -42,6 +42,10 @@ use crate::error::Result;
 
 /// Why events were lost, as the gap event's `reason`.
 pub const KERNEL_RINGBUF_FULL: &str = "kernel_ringbuf_full";
+/// Watched descriptors the kernel could not track (its table of them was
+/// full): each one's read and write roll-ups are lost. `lost` counts the
+/// descriptors; how many roll-up events that is is not known.
+pub const KERNEL_TRACKING_FULL: &str = "kernel_tracking_full";
 pub const PRODUCER_QUEUE_FULL: &str = "producer_queue_full";
 /// The first event of every run: the collector was not watching before it
 /// (host boot, or the collector stopped, crashed or was upgraded), so the
@@ -383,6 +387,7 @@ pub struct Outbox {
     next_seq: i64,
     queue_loss: Option<Loss>,
     kernel_loss: BTreeMap<&'static str, i64>,
+    untracked: i64,
     refused: Option<Refused>,
     lost_total: u64,
 }
@@ -400,6 +405,7 @@ impl Outbox {
             next_seq: 1,
             queue_loss: None,
             kernel_loss: BTreeMap::new(),
+            untracked: 0,
             refused: None,
             lost_total: 0,
         };
@@ -450,6 +456,18 @@ impl Outbox {
         self.report_losses();
     }
 
+    /// Records watched descriptors whose roll-ups the kernel could not
+    /// track.
+    pub fn untracked_files(&mut self, count: u64) {
+        warn!(
+            descriptors = count,
+            reason = KERNEL_TRACKING_FULL,
+            "Watched files opened while the kernel's table of them was full: their read and write byte counts are lost (raise --tracked-files)"
+        );
+        self.untracked += count as i64;
+        self.report_losses();
+    }
+
     /// Records events refused for good (see [`DeliveryStats::take_refused`]),
     /// to be reported by one `delivery_failed` gap: `lost` events between
     /// the one before the lowest refused sequence number and the gap.
@@ -493,6 +511,13 @@ impl Outbox {
             if !self.try_queue(gap) {
                 self.kernel_loss.insert(kind, count);
                 return;
+            }
+        }
+        if self.untracked > 0 {
+            let after = self.next_seq - 1;
+            let gap = self.gap(self.untracked, None, after, KERNEL_TRACKING_FULL);
+            if self.try_queue(gap) {
+                self.untracked = 0;
             }
         }
     }
@@ -867,5 +892,24 @@ mod tests {
         assert_eq!(by_kind.get("open"), Some(&7));
         assert_eq!(by_kind.get("exec"), Some(&2));
         assert!(gaps.iter().all(|g| g.reason == KERNEL_RINGBUF_FULL));
+    }
+
+    #[test]
+    fn untracked_descriptors_are_reported_once_there_is_room() {
+        let (mut outbox, mut rx) = Outbox::new("h".into(), 2);
+        outbox.push(event(Kind::Open));
+        outbox.push(event(Kind::Open));
+        outbox.untracked_files(3);
+        outbox.untracked_files(2);
+        let _ = (rx.try_recv(), rx.try_recv());
+        assert!(rx.try_recv().is_err(), "no room: nothing reported yet");
+        outbox.report_losses();
+        let gap = rx.try_recv().expect("gap").gap.expect("detail");
+        assert_eq!(
+            (gap.lost, gap.lost_kind, gap.reason.as_str()),
+            (5, None, KERNEL_TRACKING_FULL)
+        );
+        outbox.report_losses();
+        assert!(rx.try_recv().is_err(), "reported once");
     }
 }

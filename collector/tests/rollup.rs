@@ -4,10 +4,10 @@
 
 mod common;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::time::Duration;
 
-use common::{Collector, bytes_of, consume_until, require_root};
+use common::{Collector, bytes_of, consume_all, consume_until, require_root};
 use vigil_schemas::Kind;
 use vigil_schemas::testkit::TestBroker;
 
@@ -112,7 +112,7 @@ async fn periodic_roll_ups_of_a_shared_descriptor_add_up() {
     let events = if events.is_empty() {
         events
     } else {
-        common::consume_all(broker.bootstrap(), &topic, Duration::from_secs(2)).await
+        consume_all(broker.bootstrap(), &topic, Duration::from_secs(2)).await
     };
     let stderr = collector.stop();
     let reports = bytes_of(&events, Kind::Write, &path_s);
@@ -164,7 +164,7 @@ async fn files_still_open_at_shutdown_report_their_bytes() {
     assert_eq!(bytes_of(&before, Kind::Write, &path_s), Vec::<i64>::new());
 
     let stderr = collector.stop();
-    let events = common::consume_all(broker.bootstrap(), &topic, Duration::from_secs(3)).await;
+    let events = consume_all(broker.bootstrap(), &topic, Duration::from_secs(3)).await;
     drop(file);
     assert_eq!(
         bytes_of(&events, Kind::Write, &path_s),
@@ -223,4 +223,101 @@ async fn in_kernel_copies_count_as_reads_and_writes() {
         vec![5000],
         "the watched destination's write"
     );
+}
+
+/// More watched descriptors open at once than `--tracked-files`: every
+/// open is still reported, and the roll-ups the kernel could not track are
+/// not silently lost: `kernel_tracking_full` gaps count the descriptors,
+/// and roll-ups received plus descriptors reported lost is every file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn descriptors_past_the_tracking_table_are_reported_as_gaps() {
+    const FILES: usize = 64;
+    const TRACKED: usize = 16;
+    require_root();
+    let broker = TestBroker::start();
+    let topic = broker.topic("collector.untracked", 1).await;
+    let watched = tempfile::tempdir().expect("watched temp dir");
+    let paths: Vec<String> = (0..FILES)
+        .map(|i| {
+            let path = watched.path().join(format!("chart-{i}.txt"));
+            std::fs::write(&path, [b'x'; 100]).expect("create");
+            path.to_str().expect("utf-8").to_owned()
+        })
+        .collect();
+    let collector = Collector::start(
+        broker.bootstrap(),
+        &topic,
+        watched.path(),
+        &["--tracked-files", &TRACKED.to_string()],
+    );
+
+    let mut files: Vec<std::fs::File> = paths
+        .iter()
+        .map(|p| std::fs::File::open(p).expect("open"))
+        .collect();
+    for file in &mut files {
+        let mut text = Vec::new();
+        file.read_to_end(&mut text).expect("read");
+        assert_eq!(text.len(), 100);
+    }
+    drop(files);
+
+    let reads = |events: &[common::Published]| -> Vec<i64> {
+        paths
+            .iter()
+            .flat_map(|p| bytes_of(events, Kind::Read, p))
+            .collect()
+    };
+    let untracked = |events: &[common::Published]| -> i64 {
+        events
+            .iter()
+            .filter_map(|p| p.event.gap.as_ref())
+            .filter(|g| g.reason == "kernel_tracking_full")
+            .map(|g| g.lost)
+            .sum()
+    };
+    consume_until(
+        broker.bootstrap(),
+        &topic,
+        Duration::from_secs(30),
+        |events| reads(events).len() as i64 + untracked(events) >= FILES as i64,
+    )
+    .await;
+    let stderr = collector.stop();
+    let events = consume_all(broker.bootstrap(), &topic, Duration::from_secs(2)).await;
+
+    let opens = events
+        .iter()
+        .filter(|p| {
+            p.event.kind == Kind::Open
+                && p.event
+                    .path
+                    .as_ref()
+                    .is_some_and(|path| paths.contains(path))
+        })
+        .count();
+    assert_eq!(opens, FILES, "every open is reported, tracked or not");
+    let (reads, lost) = (reads(&events), untracked(&events));
+    assert!(
+        reads.iter().all(|&bytes| bytes == 100),
+        "tracked descriptors report their bytes: {reads:?}"
+    );
+    assert!(
+        !reads.is_empty() && reads.len() <= TRACKED,
+        "at most {TRACKED} descriptors tracked, got {} roll-ups:\n{stderr}",
+        reads.len()
+    );
+    assert_eq!(
+        reads.len() as i64 + lost,
+        FILES as i64,
+        "roll-ups received + descriptors reported untracked = files read:\n{stderr}"
+    );
+    let counted: i64 = stderr
+        .lines()
+        .find(|l| l.contains("Stopped"))
+        .and_then(|l| l.split("untracked_files=").nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no untracked_files in the final log line:\n{stderr}"));
+    assert_eq!(lost, counted, "the gaps report what the kernel counted");
 }
