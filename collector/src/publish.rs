@@ -584,7 +584,8 @@ impl Outbox {
 /// Publishes queued events until the outbox is dropped and the queue is
 /// empty, then flushes. After `shutdown`, gives the broker `flush_timeout`
 /// to take what is left; returns how many events were never handed over.
-/// A producer that hits a fatal error is replaced (see the module notes).
+/// A producer that hits a fatal error is replaced (see the module notes),
+/// also during the final flush: the events it purged are sent again.
 pub async fn publish(
     mut rx: mpsc::Receiver<Box<Event>>,
     mut producer: BusProducer,
@@ -603,18 +604,30 @@ pub async fn publish(
     // Events to send before the next queued one: those a replaced producer
     // purged, then the one that met the fatal error.
     let mut again: VecDeque<Outgoing> = VecDeque::new();
-    loop {
+    let (producer, flushed) = loop {
         let outgoing = match again.pop_front() {
             Some(outgoing) => outgoing,
             // A busy publisher meets a fatal error when it sends; only an
             // idle one needs waking to replace the producer.
             None => match rx.try_recv() {
                 Ok(event) => Outgoing::new(&event),
-                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    let (flushed_producer, flushed) = flush(producer, sender.remaining()).await?;
+                    // A fatal error before or during the flush purged
+                    // queued events: they are sent again by a new producer
+                    // (or counted abandoned once the deadline has passed).
+                    if flushed_producer.client().fatal_error().is_some() && !sender.past_deadline()
+                    {
+                        (producer, again) = renew(flushed_producer, &stats, again).await?;
+                        continue;
+                    }
+                    break (flushed_producer, flushed);
+                }
                 Err(mpsc::error::TryRecvError::Empty) => tokio::select! {
                     event = rx.recv() => match event {
                         Some(event) => Outgoing::new(&event),
-                        None => break,
+                        // closed: try_recv says so on the next turn
+                        None => continue,
                     },
                     () = stats.errors.notified() => {
                         if producer.client().fatal_error().is_some() {
@@ -633,24 +646,26 @@ pub async fn publish(
             again.push_front(outgoing);
             (producer, again) = renew(producer, &stats, again).await?;
         }
-    }
-    let remaining = sender
-        .deadline
-        .map(|d| d.saturating_duration_since(Instant::now()))
-        .unwrap_or(flush_timeout);
-    let producer = tokio::task::spawn_blocking(move || {
-        let flushed = producer.flush(remaining);
-        (producer, flushed)
-    })
-    .await
-    .map_err(|e| crate::error::Error::Setting(format!("flush task: {e}")))?;
-    let (producer, flushed) = producer;
+    };
     let undelivered = producer.in_flight_count().max(0) as u64;
     match flushed {
         Ok(()) => info!("Producer flushed"),
         Err(error) => warn!(%error, undelivered, "Producer not flushed before the timeout"),
     }
     Ok(sender.abandoned + undelivered)
+}
+
+/// Waits up to `timeout` for librdkafka to deliver everything it holds.
+async fn flush(
+    producer: BusProducer,
+    timeout: Duration,
+) -> Result<(BusProducer, rdkafka::error::KafkaResult<()>)> {
+    tokio::task::spawn_blocking(move || {
+        let flushed = producer.flush(timeout);
+        (producer, flushed)
+    })
+    .await
+    .map_err(|e| crate::error::Error::Setting(format!("flush task: {e}")))
 }
 
 /// Replaces `producer` after a fatal error; returns the new one and what
@@ -708,6 +723,15 @@ struct Sender {
 }
 
 impl Sender {
+    /// How long a flush may take: until the deadline once shutdown began,
+    /// otherwise `flush_timeout`.
+    fn remaining(&mut self) -> Duration {
+        self.past_deadline();
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+            .unwrap_or(self.flush_timeout)
+    }
+
     /// Whether the deadline, set `flush_timeout` after shutdown began, has
     /// passed.
     fn past_deadline(&mut self) -> bool {

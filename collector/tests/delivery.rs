@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::consume_until;
+use common::{consume_all, consume_until};
 use rdkafka::producer::Producer;
 use tokio_util::sync::CancellationToken;
 use vigil_collector::publish::{self, DELIVERY_FAILED, DeliveryStats, Outbox};
@@ -231,4 +231,47 @@ async fn a_fatal_producer_error_replaces_the_producer_and_loses_no_queued_event(
     .await;
     let seqs: Vec<i64> = events.iter().map(|p| p.event.seq).collect();
     assert_eq!(seqs, (1..=6).collect::<Vec<_>>(), "each once, in order");
+}
+
+/// A fatal error while the publisher flushes at the end (its outbox
+/// closed): the purged events are sent again by a new producer, not lost
+/// between the flush and the exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_error_during_the_final_flush_loses_no_event() {
+    let broker = TestBroker::start();
+    let topic = broker.topic("collector.fatal_flush", 1).await;
+    let Publishing {
+        mut outbox,
+        stats,
+        task,
+        first_client,
+    } = publisher(&broker, &topic, &[("linger.ms", "3000")]);
+    for i in 0..4 {
+        outbox.push(open(&format!("/srv/phi/{i}.json")));
+    }
+    wait_for("handed events", &stats.handed, 4).await;
+    // Closed: the publisher is flushing the four lingering events.
+    drop(outbox);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!task.is_finished(), "still flushing");
+    assert_eq!(
+        stats.delivered.load(Ordering::Relaxed),
+        0,
+        "still lingering"
+    );
+    raise_fatal_error(first_client);
+
+    let undelivered = task.await.expect("task").expect("publisher");
+    assert_eq!(undelivered, 0);
+    assert_eq!(stats.renewed.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        stats.purged.load(Ordering::Relaxed),
+        4,
+        "the lingering four"
+    );
+    assert_eq!(stats.refused_total.load(Ordering::Relaxed), 0);
+    // The publisher has returned, so everything it delivered is there.
+    let events = consume_all(broker.bootstrap(), &topic, Duration::from_secs(3)).await;
+    let seqs: Vec<i64> = events.iter().map(|p| p.event.seq).collect();
+    assert_eq!(seqs, (1..=4).collect::<Vec<_>>(), "each once, in order");
 }
