@@ -418,6 +418,21 @@ static __always_inline void absolute_path(struct scratch *s, char *dst, long len
 	bpf_probe_read_kernel(dst, VIGIL_PATH_LEN, buf + (pos & PATH_MASK));
 }
 
+/* True when a path (len bytes with its NUL) has a ".." component, which
+ * makes its text say nothing about where it leads: "/phi/../etc/shadow"
+ * starts with a watched prefix and is not under it. */
+static __always_inline bool has_dotdot(const char *path, long len)
+{
+	for (int i = 0; i + 3 < VIGIL_PATH_LEN; i++) {
+		if (i + 3 >= len)
+			break;
+		if (path[i] == '/' && path[i + 1] == '.' && path[i + 2] == '.' &&
+		    (path[i + 3] == '/' || path[i + 3] == 0))
+			return true;
+	}
+	return false;
+}
+
 /* Says whether a user path is in the watched scope and, when it is, writes
  * it into dst, absolute. An absolute path is matched against the watched
  * prefixes first (one string copy and one trie lookup). A path the prefixes
@@ -427,7 +442,10 @@ static __always_inline void absolute_path(struct scratch *s, char *dst, long len
  * mount or another mount of its filesystem is still in scope and reported
  * by its own path; otherwise (a failed open, or an operation without a
  * descriptor) a relative path is matched by its starting directory (the
- * working directory, or the directory descriptor dfd). */
+ * working directory, or the directory descriptor dfd). A successful open
+ * of an absolute path with a ".." component is matched by the file it
+ * opened even when the prefixes match, and reported by that file's path;
+ * other operations on such a path go by its text. */
 static __always_inline bool path_in_scope(struct scratch *s, char *dst, const char *upath,
 					  long dfd, __s64 opened)
 {
@@ -438,7 +456,8 @@ static __always_inline bool path_in_scope(struct scratch *s, char *dst, const ch
 	if (key->data[0] == '/') {
 		/* with the NUL: "/phi\0" matches the watched directory itself */
 		key->prefixlen = len * 8;
-		if (bpf_map_lookup_elem(&watched_prefixes, key)) {
+		if (bpf_map_lookup_elem(&watched_prefixes, key) &&
+		    (opened < 0 || !watch_relative || !has_dotdot(key->data, len))) {
 			__builtin_memcpy(dst, key->data, VIGIL_PATH_LEN);
 			return true;
 		}

@@ -202,3 +202,57 @@ async fn an_absolute_path_through_a_symlink_to_a_watched_directory_is_matched() 
         "no event names the link's path: {summary:?}"
     );
 }
+
+/// A path through `..` goes where the kernel resolves it, not where its
+/// text starts: `phi/../outside.txt` opens a file outside the watched
+/// directory and is not reported; `phi/sub/../chart.txt` opens a watched
+/// file and is reported by its own path, with its read roll-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absolute_path_with_dotdot_is_matched_by_the_file_it_opens() {
+    require_root();
+    let broker = TestBroker::start();
+    let topic = broker.topic("collector.dotdot", 1).await;
+    let parent = tempfile::tempdir().expect("temp dir");
+    let watched = parent.path().join("phi");
+    std::fs::create_dir_all(watched.join("sub")).expect("mkdir phi/sub");
+    let outside = parent.path().join("outside.txt");
+    std::fs::write(&outside, b"not phi").expect("write outside");
+    let chart = watched.join("chart.txt");
+    std::fs::write(&chart, vec![b'x'; 2_000]).expect("write chart");
+    let collector = Collector::start(broker.bootstrap(), &topic, &watched, &[]);
+
+    let escaping = watched.join("../outside.txt");
+    let staying = watched.join("sub/../chart.txt");
+    for path in [&escaping, &staying] {
+        let cat = Command::new("cat").arg(path).output().expect("run cat");
+        assert!(cat.status.success(), "cat {}", path.display());
+    }
+    let marker = watched.join("marker.txt");
+    std::fs::write(&marker, b"end").expect("write marker");
+
+    let events = consume_until(
+        broker.bootstrap(),
+        &topic,
+        Duration::from_secs(30),
+        |events| !opens_of(events, &marker).is_empty(),
+    )
+    .await;
+    let stderr = collector.stop();
+    let summary: Vec<_> = events
+        .iter()
+        .map(|p| (&p.event.kind, &p.event.comm, &p.event.path, p.event.bytes))
+        .collect();
+    let cats: Vec<_> = events
+        .iter()
+        .filter(|p| p.event.comm == "cat" && p.event.kind == Kind::Open)
+        .filter_map(|p| p.event.path.as_deref())
+        .filter(|path| path.starts_with(parent.path().to_str().expect("utf-8")))
+        .collect();
+    assert_eq!(
+        cats,
+        vec![chart.to_str().expect("utf-8")],
+        "only the watched file is reported, by its own path: {summary:?}\n{stderr}"
+    );
+    let reads = common::bytes_of(&events, Kind::Read, chart.to_str().expect("utf-8"));
+    assert_eq!(reads, vec![2_000], "its read roll-up: {summary:?}");
+}
