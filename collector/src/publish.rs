@@ -614,12 +614,14 @@ pub async fn publish(
                 Err(mpsc::error::TryRecvError::Disconnected) => {
                     let (flushed_producer, flushed) = flush(producer, sender.remaining()).await?;
                     // A fatal error before or during the flush purged
-                    // queued events: they are sent again by a new producer
-                    // (or counted abandoned once the deadline has passed).
-                    if flushed_producer.client().fatal_error().is_some() && !sender.past_deadline()
-                    {
-                        (producer, again) = renew(flushed_producer, &stats, again).await?;
-                        continue;
+                    // queued events: they are sent again by a new producer,
+                    // or counted abandoned once the deadline has passed.
+                    if flushed_producer.client().fatal_error().is_some() {
+                        if !sender.past_deadline() {
+                            (producer, again) = renew(flushed_producer, &stats, again).await?;
+                            continue;
+                        }
+                        sender.abandoned += stats.take_unsent().len() as u64;
                     }
                     break (flushed_producer, flushed);
                 }
