@@ -53,6 +53,17 @@ fn opens_of<'a>(events: &'a [Published], path: &Path) -> Vec<&'a vigil_schemas::
         .collect()
 }
 
+/// Writes a marker file into `watched` and reads `topic` until its open
+/// arrives: by then everything the test did before is published.
+async fn events_until_marker(bootstrap: &str, topic: &str, watched: &Path) -> Vec<Published> {
+    let marker = watched.join("marker.txt");
+    std::fs::write(&marker, b"end").expect("write marker");
+    consume_until(bootstrap, topic, Duration::from_secs(30), |events| {
+        !opens_of(events, &marker).is_empty()
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relative_opens_through_a_directory_descriptor_or_an_unwatched_cwd_are_matched() {
     require_root();
@@ -97,16 +108,7 @@ async fn relative_opens_through_a_directory_descriptor_or_an_unwatched_cwd_are_m
         .output()
         .expect("run cat");
     assert_eq!(cat.stdout, b"cwd", "cat read the file");
-    let marker = watched.join("marker.txt");
-    std::fs::write(&marker, b"end").expect("write marker");
-
-    let events = consume_until(
-        broker.bootstrap(),
-        &topic,
-        Duration::from_secs(30),
-        |events| !opens_of(events, &marker).is_empty(),
-    )
-    .await;
+    let events = events_until_marker(broker.bootstrap(), &topic, &watched).await;
     let stderr = collector.stop();
     let summary: Vec<_> = events
         .iter()
@@ -170,16 +172,7 @@ async fn an_absolute_path_through_a_symlink_to_a_watched_directory_is_matched() 
         3_000,
         "cat read the file through the link"
     );
-    let marker = watched.join("marker.txt");
-    std::fs::write(&marker, b"end").expect("write marker");
-
-    let events = consume_until(
-        broker.bootstrap(),
-        &topic,
-        Duration::from_secs(30),
-        |events| !opens_of(events, &marker).is_empty(),
-    )
-    .await;
+    let events = events_until_marker(broker.bootstrap(), &topic, &watched).await;
     let stderr = collector.stop();
     let summary: Vec<_> = events
         .iter()
@@ -227,16 +220,7 @@ async fn an_absolute_path_with_dotdot_is_matched_by_the_file_it_opens() {
         let cat = Command::new("cat").arg(path).output().expect("run cat");
         assert!(cat.status.success(), "cat {}", path.display());
     }
-    let marker = watched.join("marker.txt");
-    std::fs::write(&marker, b"end").expect("write marker");
-
-    let events = consume_until(
-        broker.bootstrap(),
-        &topic,
-        Duration::from_secs(30),
-        |events| !opens_of(events, &marker).is_empty(),
-    )
-    .await;
+    let events = events_until_marker(broker.bootstrap(), &topic, &watched).await;
     let stderr = collector.stop();
     let summary: Vec<_> = events
         .iter()
