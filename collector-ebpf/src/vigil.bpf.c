@@ -93,6 +93,15 @@ struct {
 	__type(value, __u32);
 } watched_dirs SEC(".maps");
 
+/* The file systems (kernel s_dev) that hold a watched directory: a file on
+ * any other one is out of scope without walking its directories. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u32);
+	__type(value, __u32);
+} watched_devs SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1024);
@@ -231,11 +240,15 @@ static __always_inline bool task_in_scope(void)
 /* True when a dentry is, or is below, a watched directory: its ancestors are
  * looked up by (device, inode) in watched_dirs. The walk stays inside one
  * file system (a mount's root is its own parent); the collector adds the
- * roots of mounts below a watched directory to watched_dirs. */
+ * roots of mounts below a watched directory to watched_dirs. A dentry on a
+ * file system without a watched directory (/proc, /sys, /run, a root file
+ * system when the PHI has a volume of its own) costs one lookup, no walk. */
 static __always_inline bool dentry_in_scope(struct dentry *dentry)
 {
 	struct vigil_inode_key key = {};
 	key.dev = BPF_CORE_READ(dentry, d_sb, s_dev);
+	if (!bpf_map_lookup_elem(&watched_devs, &key.dev))
+		return false;
 	for (int depth = 0; depth < MAX_DIR_DEPTH && dentry; depth++) {
 		key.ino = BPF_CORE_READ(dentry, d_inode, i_ino);
 		if (bpf_map_lookup_elem(&watched_dirs, &key))

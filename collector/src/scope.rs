@@ -10,6 +10,8 @@
 //!   is matched whatever path led to it (relative, through a directory
 //!   descriptor, a symlink or a bind mount); failed opens and other path
 //!   syscalls use it for relative paths.
+//! - `watched_devs`: the devices of those directories, so a file on any
+//!   other file system is out of scope without the walk.
 //! - `scope_uids`, `scope_cgroups`: the listed uids and cgroup ids; the
 //!   include/exclude mode is a load-time global (see `loader.rs`).
 
@@ -42,38 +44,17 @@ pub fn fill(ebpf: &mut Ebpf, config: &Config) -> Result<()> {
         }
     }
 
+    let keys = watched_dir_keys(config);
     let mut dirs: HashMap<&mut MapData, InodeKey, u32> =
         HashMap::try_from(map(ebpf, "watched_dirs")?).map_err(map_error("watched_dirs"))?;
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    for watched in &config.watch {
-        let mut roots = vec![watched.clone()];
-        if let Ok(canonical) = std::fs::canonicalize(watched) {
-            roots.extend(mounts_below(&mountinfo, &canonical));
-        }
-        for dir in roots {
-            match std::fs::metadata(&dir) {
-                Ok(meta) => {
-                    dirs.insert(
-                        InodeKey {
-                            ino: meta.ino(),
-                            dev: kernel_dev(meta.dev()),
-                            reserved: 0,
-                        },
-                        1,
-                        0,
-                    )
-                    .map_err(map_error("watched_dirs"))?;
-                    if dir != *watched {
-                        info!(mount = %dir.display(), "Watching a mount below a watched directory");
-                    }
-                }
-                Err(e) => warn!(
-                    path = %dir.display(),
-                    error = %e,
-                    "Watched directory does not exist yet; only absolute paths under it are matched"
-                ),
-            }
-        }
+    for key in &keys {
+        dirs.insert(key, 1, 0).map_err(map_error("watched_dirs"))?;
+    }
+    let mut devs: HashMap<&mut MapData, u32, u32> =
+        HashMap::try_from(map(ebpf, "watched_devs")?).map_err(map_error("watched_devs"))?;
+    for key in &keys {
+        devs.insert(key.dev, 1, 0)
+            .map_err(map_error("watched_devs"))?;
     }
 
     let uids = match &config.uids {
@@ -105,6 +86,39 @@ pub fn fill(ebpf: &mut Ebpf, config: &Config) -> Result<()> {
             .map_err(map_error("scope_cgroups"))?;
     }
     Ok(())
+}
+
+/// The (device, inode) of each watched directory that exists and of every
+/// file system mounted below one.
+fn watched_dir_keys(config: &Config) -> Vec<InodeKey> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut keys = Vec::new();
+    for watched in &config.watch {
+        let mut roots = vec![watched.clone()];
+        if let Ok(canonical) = std::fs::canonicalize(watched) {
+            roots.extend(mounts_below(&mountinfo, &canonical));
+        }
+        for dir in roots {
+            match std::fs::metadata(&dir) {
+                Ok(meta) => {
+                    keys.push(InodeKey {
+                        ino: meta.ino(),
+                        dev: kernel_dev(meta.dev()),
+                        reserved: 0,
+                    });
+                    if dir != *watched {
+                        info!(mount = %dir.display(), "Watching a mount below a watched directory");
+                    }
+                }
+                Err(e) => warn!(
+                    path = %dir.display(),
+                    error = %e,
+                    "Watched directory does not exist yet; only absolute paths under it are matched"
+                ),
+            }
+        }
+    }
+    keys
 }
 
 fn map<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut aya::maps::Map> {

@@ -2,7 +2,8 @@
 //! directories the file is in, not by the path's text: through a directory
 //! descriptor (`openat(dirfd, "x")`), and relative to a working directory
 //! that is itself not watched (`cat phi/x` from phi's parent). The events
-//! carry the absolute path. Relative opens of unwatched files stay silent.
+//! carry the absolute path. Relative opens of unwatched files stay silent,
+//! and so do those on file systems without a watched directory.
 
 mod common;
 
@@ -239,4 +240,75 @@ async fn an_absolute_path_with_dotdot_is_matched_by_the_file_it_opens() {
     );
     let reads = common::bytes_of(&events, Kind::Read, chart.to_str().expect("utf-8"));
     assert_eq!(reads, vec![2_000], "its read roll-up: {summary:?}");
+}
+
+/// A tmpfs mounted at `dir` for the life of the guard.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path) -> Tmpfs {
+        std::fs::create_dir_all(dir).expect("mkdir mount point");
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "vigil-test"])
+            .arg(dir)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mount a tmpfs at {}", dir.display());
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// The kernel skips the directory walk for files on a file system that
+/// holds no watched directory (the `watched_devs` map). A file system
+/// mounted below the watched directory is one that does: a relative open
+/// of a file on it is reported, by its absolute path, while the same open
+/// on another tmpfs outside the scope is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_system_mounted_below_a_watched_directory_is_in_scope_and_another_is_not() {
+    require_root();
+    let broker = TestBroker::start();
+    let topic = broker.topic("collector.mounts", 1).await;
+    let parent = tempfile::tempdir().expect("temp dir");
+    let watched = parent.path().join("phi");
+    let inner = Tmpfs::mount(&watched.join("scans"));
+    let outer = Tmpfs::mount(&parent.path().join("other"));
+    let scan = inner.0.join("ct.txt");
+    std::fs::write(&scan, vec![b's'; 1_500]).expect("write scan");
+    std::fs::write(outer.0.join("notes.txt"), b"not phi").expect("write notes");
+    let collector = Collector::start(broker.bootstrap(), &topic, &watched, &[]);
+
+    for (cwd, file) in [(&watched, "scans/ct.txt"), (&outer.0, "notes.txt")] {
+        let cat = Command::new("cat")
+            .arg(file)
+            .current_dir(cwd)
+            .output()
+            .expect("run cat");
+        assert!(cat.status.success(), "cat {file} in {}", cwd.display());
+    }
+    let events = events_until_marker(broker.bootstrap(), &topic, &watched).await;
+    let stderr = collector.stop();
+    let summary: Vec<_> = events
+        .iter()
+        .map(|p| (&p.event.kind, &p.event.comm, &p.event.path, p.event.bytes))
+        .collect();
+    let cats: Vec<_> = events
+        .iter()
+        .filter(|p| p.event.comm == "cat" && p.event.kind == Kind::Open)
+        .filter_map(|p| p.event.path.as_deref())
+        .filter(|path| path.starts_with(parent.path().to_str().expect("utf-8")))
+        .collect();
+    assert_eq!(
+        cats,
+        vec![scan.to_str().expect("utf-8")],
+        "the file on the mount below phi is reported by its absolute path, the one on \
+         the other tmpfs is not: {summary:?}\n{stderr}"
+    );
+    let reads = common::bytes_of(&events, Kind::Read, scan.to_str().expect("utf-8"));
+    assert_eq!(reads, vec![1_500], "its read roll-up: {summary:?}");
 }
