@@ -2,7 +2,10 @@
 # Measures the collector's overhead and capacity on this host, bare and with
 # the collector attached, in one run (as root). PARTS picks what runs:
 #   loop      the DESIGN.md §7 loop (open, read 8 KiB, close one of 64 files)
-#             over watched and non-watched files: median seconds of ROUNDS
+#             over watched and non-watched files (the latter on the watched
+#             directory's file system and on a tmpfs of their own, whose
+#             files the kernel rules out without walking their
+#             directories): median seconds of ROUNDS
 #             runs each, bare and attached alternating, so drift hits both.
 #             It also runs under three empty programs on the tracepoints the
 #             collector needs for it (sys_exit_openat, sys_exit_read,
@@ -65,14 +68,17 @@ cleanup() {
   stop_auditd 2> /dev/null || true
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  umount "$work/otherfs" 2> /dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-mkdir -p "$work/phi" "$work/other"
+mkdir -p "$work/phi" "$work/other" "$work/otherfs"
+if wants loop; then mount -t tmpfs -o size=4m vigil-bench "$work/otherfs"; fi
 for i in $(seq 0 63); do
   head -c 8192 /dev/urandom > "$work/phi/file-$i"
   cp "$work/phi/file-$i" "$work/other/file-$i"
+  cp "$work/phi/file-$i" "$work/otherfs/file-$i"
 done
 gcc -O2 -o "$work/loop" collector/bench/open_read_loop.c
 floor= all_floor=
@@ -153,16 +159,16 @@ if wants loop; then
   declare -A times
   start_auditd
   for round in $(seq "$ROUNDS"); do
-    for dir in phi other; do times[bare-$dir]+="$("$work/loop" "$work/$dir" "$ITERATIONS") "; done
+    for dir in phi other otherfs; do times[bare-$dir]+="$("$work/loop" "$work/$dir" "$ITERATIONS") "; done
     if [[ -n $floor ]]; then
       times[floor]+="$("$work/attach" "$work/three.o" "$work/loop" "$work/other" "$ITERATIONS") "
     fi
     if [[ -n $auditd_pid ]]; then
       auditctl -w "$work/phi" -p rwa -k vigil-bench > /dev/null
-      for dir in phi other; do times[auditd-$dir]+="$("$work/loop" "$work/$dir" "$ITERATIONS") "; done
+      for dir in phi other otherfs; do times[auditd-$dir]+="$("$work/loop" "$work/$dir" "$ITERATIONS") "; done
       auditctl -W "$work/phi" -p rwa -k vigil-bench > /dev/null
     fi
-    for dir in phi other; do
+    for dir in phi other otherfs; do
       start_collector "$work/phi"
       times[vigil-$dir]+="$("$work/loop" "$work/$dir" "$ITERATIONS") "
       stop_collector
@@ -171,12 +177,16 @@ if wants loop; then
   stop_auditd
 
   median_of() { tr ' ' '\n' <<< "${times[$1]}" | grep . | median; }
-  row() { printf '%-34s %8s %8s %8.3f\n' "$1" "$2" "$3" "$(awk -v w="$3" -v b="$2" 'BEGIN {print w / b}')"; }
+  row() { printf '%-38s %8s %8s %8.3f\n' "$1" "$2" "$3" "$(awk -v w="$3" -v b="$2" 'BEGIN {print w / b}')"; }
   echo
   echo "open/read/close loop, $ITERATIONS iterations, median of $ROUNDS (seconds):"
-  printf '%-34s %8s %8s %8s\n' files bare attached ratio
-  for dir in phi other; do
-    label=$([[ $dir == phi ]] && echo "watched" || echo "not watched")
+  printf '%-38s %8s %8s %8s\n' files bare attached ratio
+  for dir in phi other otherfs; do
+    case $dir in
+      phi) label="watched" ;;
+      other) label="not watched" ;;
+      otherfs) label="not watched, other tmpfs" ;;
+    esac
     row "$label, collector" "$(median_of "bare-$dir")" "$(median_of "vigil-$dir")"
     [[ -z ${times[auditd-$dir]:-} ]] || row "$label, auditd" "$(median_of "bare-$dir")" "$(median_of "auditd-$dir")"
   done
