@@ -26,7 +26,7 @@
 //! they are reported like any other refusal.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -70,6 +70,12 @@ pub struct DeliveryStats {
     pub purged: AtomicU64,
     /// Producers replaced after a fatal error, since start.
     pub renewed: AtomicU64,
+    /// Set as the last producer is dropped at exit: what it purges then,
+    /// queued or on the wire, is counted undelivered (once), not refused.
+    closing: AtomicBool,
+    /// Events on the wire, unacknowledged, when the last producer was
+    /// dropped at exit.
+    in_flight_at_exit: AtomicU64,
     /// Refused events not yet reported (see [`DeliveryStats::take_refused`]).
     refused: Mutex<Refused>,
     /// Purged events not yet sent again.
@@ -241,6 +247,14 @@ impl ProducerContext for Deliveries {
             // Never sent: a fatal error or the producer's end purged it.
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::PurgeQueue), message)) => {
                 self.stats.purged(message.key(), message.payload());
+            }
+            // Sent but unacknowledged when the last producer was dropped
+            // at exit: undelivered, whatever the broker made of it. (After
+            // a fatal error such events are refused and reported.)
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::PurgeInflight), _))
+                if self.stats.closing.load(Ordering::Relaxed) =>
+            {
+                self.stats.in_flight_at_exit.fetch_add(1, Ordering::Relaxed);
             }
             // Logged, with a gap event, at the next report: one line per
             // refused event would flood the log when a topic refuses all.
@@ -649,12 +663,29 @@ pub async fn publish(
             (producer, again) = renew(producer, &stats, again).await?;
         }
     };
-    let undelivered = producer.in_flight_count().max(0) as u64;
+    let in_flight = producer.in_flight_count().max(0) as u64;
     match flushed {
         Ok(()) => info!("Producer flushed"),
-        Err(error) => warn!(%error, undelivered, "Producer not flushed before the timeout"),
+        Err(error) => warn!(%error, in_flight, "Producer not flushed before the timeout"),
     }
-    Ok(sender.abandoned + undelivered)
+    Ok(sender.abandoned + close(producer, &stats, in_flight).await)
+}
+
+/// Drops the last producer, which purges what it still holds, and returns
+/// how many events it never delivered: those it purged from its queue and
+/// from the wire, or, should a purge report not come, what was in flight
+/// less what was delivered or refused meanwhile. Each is counted once.
+async fn close(producer: BusProducer, stats: &DeliveryStats, in_flight: u64) -> u64 {
+    let delivered = stats.delivered.load(Ordering::Relaxed);
+    let refused = stats.refused_total.load(Ordering::Relaxed);
+    stats.closing.store(true, Ordering::Relaxed);
+    if let Err(error) = tokio::task::spawn_blocking(move || drop(producer)).await {
+        error!(%error, "Dropping the producer failed");
+    }
+    let settled = (stats.delivered.load(Ordering::Relaxed) - delivered)
+        + (stats.refused_total.load(Ordering::Relaxed) - refused);
+    let purged = stats.take_unsent().len() as u64 + stats.in_flight_at_exit.load(Ordering::Relaxed);
+    purged.max(in_flight.saturating_sub(settled))
 }
 
 /// Waits up to `timeout` for librdkafka to deliver everything it holds.

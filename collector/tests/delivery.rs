@@ -29,6 +29,23 @@ struct Publishing {
 
 /// Publishes through an outbox with the given producer settings.
 fn publisher(broker: &TestBroker, topic: &str, settings: &[(&str, &str)]) -> Publishing {
+    publisher_until(
+        broker,
+        topic,
+        settings,
+        CancellationToken::new(),
+        Duration::from_secs(10),
+    )
+}
+
+/// The same, with its shutdown token and the flush timeout after it.
+fn publisher_until(
+    broker: &TestBroker,
+    topic: &str,
+    settings: &[(&str, &str)],
+    shutdown: CancellationToken,
+    flush_timeout: Duration,
+) -> Publishing {
     let mut config = bus::producer_config(broker.bootstrap());
     for (key, value) in settings {
         config.set(*key, *value);
@@ -41,8 +58,8 @@ fn publisher(broker: &TestBroker, topic: &str, settings: &[(&str, &str)]) -> Pub
         producer,
         Arc::clone(&stats),
         topic.to_owned(),
-        CancellationToken::new(),
-        Duration::from_secs(10),
+        shutdown,
+        flush_timeout,
     ));
     Publishing {
         outbox,
@@ -274,4 +291,67 @@ async fn a_fatal_error_during_the_final_flush_loses_no_event() {
     let events = consume_all(broker.bootstrap(), &topic, Duration::from_secs(3)).await;
     let seqs: Vec<i64> = events.iter().map(|p| p.event.seq).collect();
     assert_eq!(seqs, (1..=4).collect::<Vec<_>>(), "each once, in order");
+}
+
+/// Sends a signal to a process with kill(1).
+fn signal(pid: u32, name: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+/// Events on the wire when the publisher gives up at exit (the broker
+/// stopped answering) are counted once, as undelivered; before session 20
+/// the producer's drop reported them refused as well.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_in_flight_at_exit_are_counted_undelivered_once() {
+    let broker = TestBroker::start();
+    let Some(pid) = broker.pid() else {
+        eprintln!(
+            "skipped: VIGIL_TEST_BROKER names a shared broker, which this test would have to freeze"
+        );
+        return;
+    };
+    let topic = broker.topic("collector.in_flight_exit", 1).await;
+    let shutdown = CancellationToken::new();
+    let Publishing {
+        mut outbox,
+        stats,
+        task,
+        ..
+    } = publisher_until(
+        &broker,
+        &topic,
+        &[],
+        shutdown.clone(),
+        Duration::from_secs(1),
+    );
+    outbox.push(open("/srv/phi/first.json"));
+    // The connection is up.
+    wait_for("deliveries", &stats.delivered, 1).await;
+    signal(pid, "STOP");
+    for i in 0..5 {
+        outbox.push(open(&format!("/srv/phi/{i}.json")));
+    }
+    wait_for("handed events", &stats.handed, 6).await;
+    // Long past the producer's linger: the five are on the wire.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    shutdown.cancel();
+    drop(outbox);
+    let undelivered = task.await.expect("task").expect("publisher");
+    signal(pid, "CONT");
+    assert_eq!(
+        undelivered, 5,
+        "the five the frozen broker never acknowledged"
+    );
+    assert_eq!(
+        stats.refused_total.load(Ordering::Relaxed),
+        0,
+        "none of them counted refused as well: {:?}",
+        stats.take_refused()
+    );
+    assert_eq!(stats.delivered.load(Ordering::Relaxed), 1);
 }

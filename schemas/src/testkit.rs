@@ -232,6 +232,11 @@ impl TestBroker {
         }
     }
 
+    /// The process id of a private broker that is running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
+    }
+
     /// `host:port` to give clients as `bootstrap.servers`.
     pub fn bootstrap(&self) -> &str {
         &self.bootstrap
