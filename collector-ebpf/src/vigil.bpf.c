@@ -35,6 +35,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define AF_INET 2
 #define AF_INET6 10
 #define AT_FDCWD -100
+#define AT_EMPTY_PATH 0x1000
 #define TCP_CLOSE_STATE 7
 #define RCV_SHUTDOWN_BIT 1
 #define MAX_DIR_DEPTH 32
@@ -1345,8 +1346,30 @@ int vigil_enter_ftruncate(struct sys_enter_ctx *ctx)
 	return s ? stage(s) : 0;
 }
 
-static __always_inline int stage_chmod(long dfd, const char *upath, __u32 mode)
+/* True for an *at call that acts on the descriptor dfd itself: the flag
+ * AT_EMPTY_PATH with an empty path, as fchownat(fd, "", ...) and
+ * fchmodat2(fd, "", ...) do instead of fchown(fd) and fchmod(fd). */
+static __always_inline bool on_dirfd_itself(const char *upath, long flags)
 {
+	char first = 1;
+	return (flags & AT_EMPTY_PATH) && !bpf_probe_read_user(&first, 1, upath) && first == 0;
+}
+
+static __always_inline int stage_fchmod(__u64 fd, __u32 mode)
+{
+	if (!task_in_scope())
+		return 0;
+	struct scratch *s = stage_fd(VIGIL_KIND_CHMOD, fd);
+	if (!s)
+		return 0;
+	s->slot.rec.mode = mode;
+	return stage(s);
+}
+
+static __always_inline int stage_chmod(long dfd, const char *upath, __u32 mode, long flags)
+{
+	if (on_dirfd_itself(upath, flags))
+		return stage_fchmod(dfd, mode);
 	struct scratch *s = prepare_paths(VIGIL_KIND_CHMOD, dfd, upath, 0, NULL);
 	if (!s)
 		return 0;
@@ -1357,35 +1380,44 @@ static __always_inline int stage_chmod(long dfd, const char *upath, __u32 mode)
 SEC("tracepoint/syscalls/sys_enter_chmod")
 int vigil_enter_chmod(struct sys_enter_ctx *ctx)
 {
-	return stage_chmod(AT_FDCWD, (const char *)ctx->args[0], ctx->args[1]);
+	return stage_chmod(AT_FDCWD, (const char *)ctx->args[0], ctx->args[1], 0);
 }
 
 SEC("tracepoint/syscalls/sys_enter_fchmodat")
 int vigil_enter_fchmodat(struct sys_enter_ctx *ctx)
 {
-	return stage_chmod(ctx->args[0], (const char *)ctx->args[1], ctx->args[2]);
+	return stage_chmod(ctx->args[0], (const char *)ctx->args[1], ctx->args[2], 0);
 }
 
 SEC("tracepoint/syscalls/sys_enter_fchmodat2")
 int vigil_enter_fchmodat2(struct sys_enter_ctx *ctx)
 {
-	return stage_chmod(ctx->args[0], (const char *)ctx->args[1], ctx->args[2]);
+	return stage_chmod(ctx->args[0], (const char *)ctx->args[1], ctx->args[2], ctx->args[3]);
 }
 
 SEC("tracepoint/syscalls/sys_enter_fchmod")
 int vigil_enter_fchmod(struct sys_enter_ctx *ctx)
 {
+	return stage_fchmod(ctx->args[0], ctx->args[1]);
+}
+
+static __always_inline int stage_fchown(__u64 fd, __s64 uid, __s64 gid)
+{
 	if (!task_in_scope())
 		return 0;
-	struct scratch *s = stage_fd(VIGIL_KIND_CHMOD, ctx->args[0]);
+	struct scratch *s = stage_fd(VIGIL_KIND_CHOWN, fd);
 	if (!s)
 		return 0;
-	s->slot.rec.mode = ctx->args[1];
+	s->slot.rec.target = (__s32)uid;
+	s->slot.rec.mode = (__u32)gid;
 	return stage(s);
 }
 
-static __always_inline int stage_chown(long dfd, const char *upath, __s64 uid, __s64 gid)
+static __always_inline int stage_chown(long dfd, const char *upath, __s64 uid, __s64 gid,
+				       long flags)
 {
+	if (on_dirfd_itself(upath, flags))
+		return stage_fchown(dfd, uid, gid);
 	struct scratch *s = prepare_paths(VIGIL_KIND_CHOWN, dfd, upath, 0, NULL);
 	if (!s)
 		return 0;
@@ -1398,32 +1430,26 @@ static __always_inline int stage_chown(long dfd, const char *upath, __s64 uid, _
 SEC("tracepoint/syscalls/sys_enter_chown")
 int vigil_enter_chown(struct sys_enter_ctx *ctx)
 {
-	return stage_chown(AT_FDCWD, (const char *)ctx->args[0], ctx->args[1], ctx->args[2]);
+	return stage_chown(AT_FDCWD, (const char *)ctx->args[0], ctx->args[1], ctx->args[2], 0);
 }
 
 SEC("tracepoint/syscalls/sys_enter_lchown")
 int vigil_enter_lchown(struct sys_enter_ctx *ctx)
 {
-	return stage_chown(AT_FDCWD, (const char *)ctx->args[0], ctx->args[1], ctx->args[2]);
+	return stage_chown(AT_FDCWD, (const char *)ctx->args[0], ctx->args[1], ctx->args[2], 0);
 }
 
 SEC("tracepoint/syscalls/sys_enter_fchownat")
 int vigil_enter_fchownat(struct sys_enter_ctx *ctx)
 {
-	return stage_chown(ctx->args[0], (const char *)ctx->args[1], ctx->args[2], ctx->args[3]);
+	return stage_chown(ctx->args[0], (const char *)ctx->args[1], ctx->args[2], ctx->args[3],
+			   ctx->args[4]);
 }
 
 SEC("tracepoint/syscalls/sys_enter_fchown")
 int vigil_enter_fchown(struct sys_enter_ctx *ctx)
 {
-	if (!task_in_scope())
-		return 0;
-	struct scratch *s = stage_fd(VIGIL_KIND_CHOWN, ctx->args[0]);
-	if (!s)
-		return 0;
-	s->slot.rec.target = (__s32)ctx->args[1];
-	s->slot.rec.mode = (__u32)ctx->args[2];
-	return stage(s);
+	return stage_fchown(ctx->args[0], ctx->args[1], ctx->args[2]);
 }
 
 /* One exit handler per syscall above that stages a record. */

@@ -21,6 +21,13 @@ const SYS_OPENAT: u32 = 257;
 #[cfg(target_arch = "aarch64")]
 const SYS_OPENAT: u32 = 56;
 
+/// fchownat(2) and fchmodat2(2), for perl's syscall().
+#[cfg(target_arch = "x86_64")]
+const SYS_FCHOWNAT: u32 = 260;
+#[cfg(target_arch = "aarch64")]
+const SYS_FCHOWNAT: u32 = 54;
+const SYS_FCHMODAT2: u32 = 452;
+
 const ENOENT: i32 = 2;
 
 /// Runs perl: opens DIR as a directory descriptor, then openat(dirfd, NAME)
@@ -311,4 +318,61 @@ async fn a_file_system_mounted_below_a_watched_directory_is_in_scope_and_another
     );
     let reads = common::bytes_of(&events, Kind::Read, scan.to_str().expect("utf-8"));
     assert_eq!(reads, vec![1_500], "its read roll-up: {summary:?}");
+}
+
+/// `fchownat(fd, "", uid, gid, AT_EMPTY_PATH)` and `fchmodat2(fd, "", mode,
+/// AT_EMPTY_PATH)` change the file open on `fd`, as fchown and fchmod do;
+/// their empty path names nothing to match. Before session 20 they were
+/// not reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chown_and_chmod_of_a_watched_descriptor_through_an_empty_path_are_reported() {
+    require_root();
+    let broker = TestBroker::start();
+    let topic = broker.topic("collector.empty_path", 1).await;
+    let watched = tempfile::tempdir().expect("temp dir");
+    let chart = watched.path().join("chart.txt");
+    std::fs::write(&chart, b"x").expect("write chart");
+    let collector = Collector::start(broker.bootstrap(), &topic, watched.path(), &[]);
+
+    const AT_EMPTY_PATH: u32 = 0x1000;
+    let script = format!(
+        "use Fcntl; sysopen(my $f, $ARGV[0], O_RDONLY) or die \"$ARGV[0]: $!\"; my $e = \"\"; \
+         my $c = syscall({SYS_FCHOWNAT}, fileno($f), $e, 65534, -1, {AT_EMPTY_PATH}); \
+         my $m = syscall({SYS_FCHMODAT2}, fileno($f), $e, 0600, {AT_EMPTY_PATH}); \
+         print \"$c $m\\n\"; $c == 0 && $m == 0 or die \"fchownat/fchmodat2: $!\";"
+    );
+    let perl = Command::new("perl")
+        .args(["-e", &script])
+        .arg(&chart)
+        .output()
+        .expect("run perl");
+    assert!(
+        perl.status.success(),
+        "perl: {} {}",
+        String::from_utf8_lossy(&perl.stdout),
+        String::from_utf8_lossy(&perl.stderr)
+    );
+    let events = events_until_marker(broker.bootstrap(), &topic, watched.path()).await;
+    let stderr = collector.stop();
+    let summary: Vec<_> = events
+        .iter()
+        .map(|p| (&p.event.kind, &p.event.comm, &p.event.path, p.event.mode))
+        .collect();
+    let path = chart.to_str().expect("utf-8");
+    let of = |kind: Kind| {
+        events
+            .iter()
+            .map(|p| &p.event)
+            .find(|e| e.kind == kind && e.comm == "perl" && e.path.as_deref() == Some(path))
+    };
+    let chown = of(Kind::Chown)
+        .unwrap_or_else(|| panic!("fchownat(fd, \"\") is reported: {summary:?}\n{stderr}"));
+    assert_eq!(
+        (chown.errno, chown.target_id),
+        (0, Some(65534)),
+        "{chown:?}"
+    );
+    let chmod = of(Kind::Chmod)
+        .unwrap_or_else(|| panic!("fchmodat2(fd, \"\") is reported: {summary:?}\n{stderr}"));
+    assert_eq!((chmod.errno, chmod.mode), (0, Some(0o600)), "{chmod:?}");
 }
