@@ -596,10 +596,11 @@ impl Outbox {
 }
 
 /// Publishes queued events until the outbox is dropped and the queue is
-/// empty, then flushes. After `shutdown`, gives the broker `flush_timeout`
-/// to take what is left; returns how many events were never handed over.
-/// A producer that hits a fatal error is replaced (see the module notes),
-/// also during the final flush: the events it purged are sent again.
+/// empty, then flushes. From `shutdown`, or from the outbox's close if that
+/// comes first, gives the broker `flush_timeout` to take what is left;
+/// returns how many events were never delivered. A producer that hits a
+/// fatal error is replaced (see the module notes), also during the final
+/// flush: the events it purged are sent again until that deadline.
 pub async fn publish(
     mut rx: mpsc::Receiver<Box<Event>>,
     mut producer: BusProducer,
@@ -626,6 +627,7 @@ pub async fn publish(
             None => match rx.try_recv() {
                 Ok(event) => Outgoing::new(&event),
                 Err(mpsc::error::TryRecvError::Disconnected) => {
+                    sender.start_deadline();
                     let (flushed_producer, flushed) = flush(producer, sender.remaining()).await?;
                     // A fatal error before or during the flush purged
                     // queued events: they are sent again by a new producer,
@@ -768,10 +770,19 @@ impl Sender {
     /// Whether the deadline, set `flush_timeout` after shutdown began, has
     /// passed.
     fn past_deadline(&mut self) -> bool {
-        if self.deadline.is_none() && self.shutdown.is_cancelled() {
-            self.deadline = Some(Instant::now() + self.flush_timeout);
+        if self.shutdown.is_cancelled() {
+            self.start_deadline();
         }
         self.deadline.is_some_and(|d| Instant::now() > d)
+    }
+
+    /// Sets the deadline `flush_timeout` from now, unless it is set: at
+    /// shutdown, or when the outbox closes without one (a caller without a
+    /// shutdown token), so that a producer failing fatally at every
+    /// renewal is not renewed for ever.
+    fn start_deadline(&mut self) {
+        self.deadline
+            .get_or_insert_with(|| Instant::now() + self.flush_timeout);
     }
 
     async fn send(
@@ -871,6 +882,22 @@ mod tests {
         assert_eq!(detail.lost, 0, "how much was missed is unknown");
         let next = rx.try_recv().expect("the first collected event");
         assert_eq!((next.kind, next.seq), (Kind::Open, 2));
+    }
+
+    #[test]
+    fn the_outbox_closing_starts_the_deadline_without_a_shutdown() {
+        let mut sender = Sender {
+            topic: "t".into(),
+            shutdown: CancellationToken::new(),
+            flush_timeout: Duration::ZERO,
+            deadline: None,
+            abandoned: 0,
+        };
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(!sender.past_deadline(), "no deadline before either");
+        sender.start_deadline();
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(sender.past_deadline(), "flush_timeout after the close");
     }
 
     #[test]
