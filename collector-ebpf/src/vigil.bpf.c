@@ -702,10 +702,27 @@ static __always_inline void forget_file(__u64 key)
 }
 
 /* Stages the scratch record for this thread's syscall exit. */
+/* The number of the syscall the current thread is in, from its user
+ * registers; NR_UNKNOWN on an architecture this file does not know. */
+#define NR_UNKNOWN ((__u64)-1)
+static __always_inline __u64 current_syscall_nr(void)
+{
+#if defined(__TARGET_ARCH_x86)
+	return syscall_regs()->orig_ax;
+#elif defined(__TARGET_ARCH_arm64)
+	return syscall_regs()->syscallno;
+#else
+	return NR_UNKNOWN;
+#endif
+}
+
+/* Keeps a record for its syscall's exit. While staged, read_bytes holds the
+ * syscall's number, so that an exit of another syscall does not take it
+ * (see finish). */
 static __always_inline int stage(struct scratch *s)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	s->slot.read_bytes = 0;
+	s->slot.read_bytes = current_syscall_nr();
 	s->slot.write_bytes = 0;
 	bpf_map_update_elem(&inflight, &tid, &s->slot, BPF_ANY);
 	return 0;
@@ -800,12 +817,19 @@ static __always_inline void fill_sock(struct vigil_record *rec, struct sock *sk,
 }
 
 /* Finishes this thread's staged syscall with its return value. */
-static __always_inline int finish(__s64 ret)
+static __always_inline int finish(__s64 nr, __s64 ret)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	struct vigil_tracked *slot = bpf_map_lookup_elem(&inflight, &tid);
 	if (!slot)
 		return 0;
+	/* Staged by another syscall, whose exit was not seen (it was under way
+	 * as the programs were attached): stale, and not this one's. */
+	if (slot->read_bytes != NR_UNKNOWN && slot->read_bytes != (__u64)nr) {
+		bpf_map_delete_elem(&inflight, &tid);
+		return 0;
+	}
+	slot->read_bytes = 0;
 	struct vigil_record *rec = &slot->rec;
 	rec->err = ret < 0 ? (__s32)-ret : 0;
 
@@ -1455,7 +1479,7 @@ int vigil_enter_fchown(struct sys_enter_ctx *ctx)
 /* One exit handler per syscall above that stages a record. */
 #define FINISH(name)                                                  \
 	SEC("tracepoint/syscalls/sys_exit_" #name)                     \
-	int vigil_exit_##name(struct sys_exit_ctx *ctx) { return finish(ctx->ret); }
+	int vigil_exit_##name(struct sys_exit_ctx *ctx) { return finish(ctx->nr, ctx->ret); }
 
 FINISH(rename)
 FINISH(renameat)
