@@ -701,7 +701,6 @@ static __always_inline void forget_file(__u64 key)
 	untrack_file(key);
 }
 
-/* Stages the scratch record for this thread's syscall exit. */
 /* The number of the syscall the current thread is in, from its user
  * registers; NR_UNKNOWN on an architecture this file does not know. */
 #define NR_UNKNOWN ((__u64)-1)
@@ -716,9 +715,9 @@ static __always_inline __u64 current_syscall_nr(void)
 #endif
 }
 
-/* Keeps a record for its syscall's exit. While staged, read_bytes holds the
- * syscall's number, so that an exit of another syscall does not take it
- * (see finish). */
+/* Stages the scratch record for this thread's syscall exit. While staged,
+ * read_bytes holds the syscall's number, so that an exit of another
+ * syscall does not take it (see finish). */
 static __always_inline int stage(struct scratch *s)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
