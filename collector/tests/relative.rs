@@ -61,6 +61,17 @@ fn opens_of<'a>(events: &'a [Published], path: &Path) -> Vec<&'a vigil_schemas::
         .collect()
 }
 
+/// The paths of the files `cat` opened below `dir`, in event order.
+fn cat_opens_under<'a>(events: &'a [Published], dir: &Path) -> Vec<&'a str> {
+    let dir = dir.to_str().expect("utf-8 temp path");
+    events
+        .iter()
+        .filter(|p| p.event.comm == "cat" && p.event.kind == Kind::Open)
+        .filter_map(|p| p.event.path.as_deref())
+        .filter(|path| path.starts_with(dir))
+        .collect()
+}
+
 /// Writes a marker file into `watched` and reads `topic` until its open
 /// arrives: by then everything the test did before is published.
 async fn events_until_marker(bootstrap: &str, topic: &str, watched: &Path) -> Vec<Published> {
@@ -234,12 +245,7 @@ async fn an_absolute_path_with_dotdot_is_matched_by_the_file_it_opens() {
         .iter()
         .map(|p| (&p.event.kind, &p.event.comm, &p.event.path, p.event.bytes))
         .collect();
-    let cats: Vec<_> = events
-        .iter()
-        .filter(|p| p.event.comm == "cat" && p.event.kind == Kind::Open)
-        .filter_map(|p| p.event.path.as_deref())
-        .filter(|path| path.starts_with(parent.path().to_str().expect("utf-8")))
-        .collect();
+    let cats = cat_opens_under(&events, parent.path());
     assert_eq!(
         cats,
         vec![chart.to_str().expect("utf-8")],
@@ -304,12 +310,7 @@ async fn a_file_system_mounted_below_a_watched_directory_is_in_scope_and_another
         .iter()
         .map(|p| (&p.event.kind, &p.event.comm, &p.event.path, p.event.bytes))
         .collect();
-    let cats: Vec<_> = events
-        .iter()
-        .filter(|p| p.event.comm == "cat" && p.event.kind == Kind::Open)
-        .filter_map(|p| p.event.path.as_deref())
-        .filter(|path| path.starts_with(parent.path().to_str().expect("utf-8")))
-        .collect();
+    let cats = cat_opens_under(&events, parent.path());
     assert_eq!(
         cats,
         vec![scan.to_str().expect("utf-8")],
