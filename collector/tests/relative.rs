@@ -61,6 +61,36 @@ fn opens_of<'a>(events: &'a [Published], path: &Path) -> Vec<&'a vigil_schemas::
         .collect()
 }
 
+/// The events in short (kind, comm, path, bytes), for assertion messages.
+fn summary(events: &[Published]) -> String {
+    let short: Vec<_> = events
+        .iter()
+        .map(|p| (&p.event.kind, &p.event.comm, &p.event.path, p.event.bytes))
+        .collect();
+    format!("{short:?}")
+}
+
+/// Asserts that of the files `cat` opened below `dir` only `file` was
+/// reported (`why` says what that shows), with one read roll-up of `bytes`.
+fn assert_cat_opened_only(
+    events: &[Published],
+    dir: &Path,
+    file: &Path,
+    bytes: i64,
+    why: &str,
+    stderr: &str,
+) {
+    let summary = summary(events);
+    let file = file.to_str().expect("utf-8 temp path");
+    assert_eq!(
+        cat_opens_under(events, dir),
+        vec![file],
+        "{why}: {summary}\n{stderr}"
+    );
+    let reads = common::bytes_of(events, Kind::Read, file);
+    assert_eq!(reads, vec![bytes], "its read roll-up: {summary}");
+}
+
 /// The paths of the files `cat` opened below `dir`, in event order.
 fn cat_opens_under<'a>(events: &'a [Published], dir: &Path) -> Vec<&'a str> {
     let dir = dir.to_str().expect("utf-8 temp path");
@@ -193,25 +223,22 @@ async fn an_absolute_path_through_a_symlink_to_a_watched_directory_is_matched() 
     );
     let events = events_until_marker(broker.bootstrap(), &topic, &watched).await;
     let stderr = collector.stop();
-    let summary: Vec<_> = events
-        .iter()
-        .map(|p| (&p.event.kind, &p.event.comm, &p.event.path, p.event.bytes))
-        .collect();
+    let summary = summary(&events);
     assert!(
         opens_of(&events, &chart)
             .iter()
             .any(|e| e.comm == "cat" && e.errno == 0),
-        "cat {} is reported as an open of {}: {summary:?}\n{stderr}",
+        "cat {} is reported as an open of {}: {summary}\n{stderr}",
         through_link.display(),
         chart.display()
     );
     let reads = common::bytes_of(&events, Kind::Read, chart.to_str().expect("utf-8"));
-    assert_eq!(reads, vec![3_000], "its read roll-up: {summary:?}");
+    assert_eq!(reads, vec![3_000], "its read roll-up: {summary}");
     assert!(
         events
             .iter()
             .all(|p| p.event.path.as_deref() != Some(through_link.to_str().expect("utf-8"))),
-        "no event names the link's path: {summary:?}"
+        "no event names the link's path: {summary}"
     );
 }
 
@@ -241,18 +268,14 @@ async fn an_absolute_path_with_dotdot_is_matched_by_the_file_it_opens() {
     }
     let events = events_until_marker(broker.bootstrap(), &topic, &watched).await;
     let stderr = collector.stop();
-    let summary: Vec<_> = events
-        .iter()
-        .map(|p| (&p.event.kind, &p.event.comm, &p.event.path, p.event.bytes))
-        .collect();
-    let cats = cat_opens_under(&events, parent.path());
-    assert_eq!(
-        cats,
-        vec![chart.to_str().expect("utf-8")],
-        "only the watched file is reported, by its own path: {summary:?}\n{stderr}"
+    assert_cat_opened_only(
+        &events,
+        parent.path(),
+        &chart,
+        2_000,
+        "only the watched file is reported, by its own path",
+        &stderr,
     );
-    let reads = common::bytes_of(&events, Kind::Read, chart.to_str().expect("utf-8"));
-    assert_eq!(reads, vec![2_000], "its read roll-up: {summary:?}");
 }
 
 /// A tmpfs mounted at `dir` for the life of the guard.
@@ -306,19 +329,15 @@ async fn a_file_system_mounted_below_a_watched_directory_is_in_scope_and_another
     }
     let events = events_until_marker(broker.bootstrap(), &topic, &watched).await;
     let stderr = collector.stop();
-    let summary: Vec<_> = events
-        .iter()
-        .map(|p| (&p.event.kind, &p.event.comm, &p.event.path, p.event.bytes))
-        .collect();
-    let cats = cat_opens_under(&events, parent.path());
-    assert_eq!(
-        cats,
-        vec![scan.to_str().expect("utf-8")],
+    assert_cat_opened_only(
+        &events,
+        parent.path(),
+        &scan,
+        1_500,
         "the file on the mount below phi is reported by its absolute path, the one on \
-         the other tmpfs is not: {summary:?}\n{stderr}"
+         the other tmpfs is not",
+        &stderr,
     );
-    let reads = common::bytes_of(&events, Kind::Read, scan.to_str().expect("utf-8"));
-    assert_eq!(reads, vec![1_500], "its read roll-up: {summary:?}");
 }
 
 /// `fchownat(fd, "", uid, gid, AT_EMPTY_PATH)` and `fchmodat2(fd, "", mode,
