@@ -46,8 +46,55 @@ impl AuditChains {
         source_offset: i64,
         recorded_unix_ns: i64,
     ) -> Option<AuditRecord> {
+        if self
+            .heads
+            .get(&partition)
+            .is_some_and(|head| source_offset <= head.source_offset)
+        {
+            return None;
+        }
+        Some(self.link(
+            partition,
+            event,
+            principal,
+            source_topic,
+            source_offset,
+            recorded_unix_ns,
+        ))
+    }
+
+    /// Appends `event`, a gap saying that events partition `partition` was
+    /// recreated, with source offset -1: every offset of the new partition
+    /// is audited from then on, although the chain goes on.
+    pub fn restart_source(
+        &mut self,
+        partition: i32,
+        event: &Event,
+        principal: &str,
+        source_topic: &str,
+        recorded_unix_ns: i64,
+    ) -> AuditRecord {
+        self.link(
+            partition,
+            event,
+            principal,
+            source_topic,
+            -1,
+            recorded_unix_ns,
+        )
+    }
+
+    /// Seals the next record of `partition`'s chain and makes it the head.
+    fn link(
+        &mut self,
+        partition: i32,
+        event: &Event,
+        principal: &str,
+        source_topic: &str,
+        source_offset: i64,
+        recorded_unix_ns: i64,
+    ) -> AuditRecord {
         let (seq, prev_hash) = match self.heads.get(&partition) {
-            Some(head) if source_offset <= head.source_offset => return None,
             Some(head) => (head.seq + 1, head.hash),
             None => (0, GENESIS_HASH),
         };
@@ -87,7 +134,7 @@ impl AuditChains {
         };
         self.heads.insert(partition, head.clone());
         self.changed.insert(partition, head);
-        Some(record)
+        record
     }
 
     /// Heads changed since the last call, for the state write.
@@ -285,6 +332,27 @@ mod tests {
             chains.append(0, &event(6), "a", "t", 6, 0).map(|r| r.seq),
             Some(1)
         );
+    }
+
+    #[test]
+    fn after_a_source_restart_its_offsets_are_audited_again_in_the_same_chain() {
+        let mut chains = AuditChains::default();
+        let mut records = vec![
+            chains
+                .append(0, &event(7), "a", "t", 7, 0)
+                .expect("new record"),
+        ];
+        assert!(chains.append(0, &event(0), "a", "t", 0, 0).is_none());
+        let restart = chains.restart_source(0, &event(-1), "detector", "t", 0);
+        assert_eq!((restart.seq, restart.source_offset), (1, -1));
+        records.push(restart);
+        records.push(
+            chains
+                .append(0, &event(0), "a", "t", 0, 0)
+                .expect("offset 0 of the new partition is audited"),
+        );
+        assert_eq!(records[2].seq, 2);
+        assert_eq!(verify(&records), None, "one unbroken chain");
     }
 
     #[test]

@@ -66,22 +66,34 @@ const RESUME_PROBE: Duration = Duration::from_secs(2);
 /// Where assigned partitions resume, shared by the consumer context (which
 /// fills it at each assignment) and the service loop.
 ///
-/// Each assigned partition is fetched from the offset stored with its
-/// state. The tansu broker (0.6) on its memory storage answers a fetch only
-/// from the first offset of a stored record batch: asked for an offset
-/// inside the last one, it sends nothing, forever; inside an earlier one,
-/// it answers from the next, skipping the rest of that batch. So, unless
+/// Each assigned partition is fetched from one record before the offset
+/// stored with its state: that record, processed before, comes again and
+/// is skipped, unless it shows the topic was recreated (see
+/// [`Pipeline::accept`]). The tansu broker (0.6) on its memory storage
+/// answers a fetch only from the first offset of a stored record batch:
+/// asked for an offset inside the last one, it sends nothing, forever;
+/// inside an earlier one, it answers from the next, skipping the rest of
+/// that batch. So, unless
 /// `resume_exact` (right for Apache Kafka), a partition that sends nothing
 /// within [`RESUME_PROBE`] of its assignment is read again from an earlier
 /// offset (see [`reread_from`]), one whose first record comes after the
 /// stored offset is read from its beginning (see [`Pipeline::accept`]), and
 /// records below the stored offset are skipped (counted as `skipped`). A
-/// partition that is simply idle is reread too: the cost of the reread,
-/// never a stall.
+/// partition that is simply idle (on memory storage) is reread too: the
+/// cost of the reread, never a stall.
 #[derive(Debug, Default)]
 struct Resume {
     /// Next offset to process per partition, from the state store.
     skip_below: HashMap<i32, i64>,
+    /// Offset after the last record accepted per partition since the
+    /// assignment: a record below it came again.
+    accepted: HashMap<i32, i64>,
+    /// Kafka timestamp (ms) of the newest record processed or accepted per
+    /// partition, from the state store and then from each accepted record.
+    /// A record that comes again (below the stored offset or `accepted`)
+    /// but is newer than this was never processed: its topic was recreated
+    /// and its offsets started again from 0 (see [`Pipeline::accept`]).
+    newest: HashMap<i32, i64>,
     /// Partitions resumed at a stored offset that have sent nothing yet,
     /// with the time of their assignment.
     probing: HashMap<i32, Instant>,
@@ -90,6 +102,20 @@ struct Resume {
     /// count every retained event into the baselines a second time) and the
     /// service stops on this error.
     unreadable: Option<Error>,
+}
+
+/// What a consumed record that [`Pipeline::accept`] did not take says
+/// about its partition.
+#[derive(Debug)]
+enum Reread {
+    /// The broker skipped records after the stored offset.
+    SkippedBatch { stored: i64 },
+    /// The topic was recreated, as `why` says.
+    Recreated {
+        topic: String,
+        partition: i32,
+        why: String,
+    },
 }
 
 /// Consumer context: resumes assigned partitions from the stored offsets.
@@ -121,6 +147,8 @@ impl ConsumerContext for DetectorContext {
                     .lock()
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
                 resume.skip_below.clear();
+                resume.accepted.clear();
+                resume.newest.clear();
                 resume.probing.clear();
                 let mut readable = TopicPartitionList::new();
                 for (topic, partition) in &assigned {
@@ -139,19 +167,32 @@ impl ConsumerContext for DetectorContext {
                             continue;
                         }
                     };
-                    let start = match (stored, self.resume_exact) {
-                        (Some(offset), true) => Offset::Offset(offset),
-                        (Some(offset), false) => {
+                    let start = match stored {
+                        // One record early: the last one processed, read
+                        // again (and skipped) to see whether the topic
+                        // was recreated since (see `Pipeline::accept`).
+                        Some(offset) => {
                             resume.skip_below.insert(*partition, offset);
-                            resume.probing.insert(*partition, Instant::now());
-                            Offset::Offset(offset)
+                            if !self.resume_exact {
+                                resume.probing.insert(*partition, Instant::now());
+                            }
+                            Offset::Offset((offset - 1).max(0))
                         }
                         // No state for it (a new volume, or a partition
                         // this instance never owned): the baselines are
                         // rebuilt from the retained events, not resumed at
                         // the offset the group committed for other state.
-                        (None, _) => Offset::Beginning,
+                        None => Offset::Beginning,
                     };
+                    match self.store.newest(topic, *partition) {
+                        Ok(Some(time_ms)) => {
+                            resume.newest.insert(*partition, time_ms);
+                        }
+                        Ok(None) => {}
+                        Err(error) => {
+                            tracing::warn!(%topic, partition, %error, "Cannot read the newest processed timestamp; a recreation of this partition's topic before now cannot be recognised");
+                        }
+                    }
                     tracing::info!(%topic, partition, ?stored, ?start, "Partition assigned");
                     if let Err(e) = readable.add_partition_offset(topic, *partition, start) {
                         tracing::error!(%topic, partition, error = %e, "Cannot set the start offset");
@@ -202,8 +243,12 @@ fn reread_from(stored: Option<i64>, high: Option<i64>) -> Offset {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Counters {
     pub batches: u64,
-    /// Records below the stored offset, reread after an assignment.
+    /// Records below the stored offset, reread after an assignment (or
+    /// below an offset already accepted).
     pub skipped: u64,
+    /// Events partitions found recreated (offsets starting again from 0)
+    /// and read again from their beginning (see [`Pipeline::accept`]).
+    pub recreated: u64,
     /// Partitions read again from an earlier offset because nothing came
     /// from their stored offset (see [`Resume`]).
     pub reread: u64,
@@ -724,6 +769,7 @@ impl Pipeline {
                     // This record, then whatever else has already arrived (a
                     // fetch response brings many at once), without waiting.
                     let mut next = Some(message);
+                    let mut restart = None;
                     while let Some(message) = next {
                         // A revocation happens inside `recv`: what was
                         // consumed before it goes back, what comes after
@@ -732,19 +778,27 @@ impl Pipeline {
                         self.stop_on_unreadable_offset()?;
                         match message {
                             Ok(message) => {
-                                let resumed_past = Self::accept(
+                                match Self::accept(
                                     &self.resume,
                                     &mut self.counters,
                                     &message,
                                     &mut pending,
-                                );
-                                if let Some(stored) = resumed_past {
-                                    Self::reread_skipped_batch(
-                                        &self.consumer,
-                                        &mut self.counters,
-                                        &message,
-                                        stored,
-                                    )?;
+                                ) {
+                                    None => {}
+                                    Some(Reread::SkippedBatch { stored }) => {
+                                        Self::reread_skipped_batch(
+                                            &self.consumer,
+                                            &mut self.counters,
+                                            &message,
+                                            stored,
+                                        )?;
+                                    }
+                                    Some(recreated @ Reread::Recreated { .. }) => {
+                                        // Handled below, once this record
+                                        // (a borrow of the consumer) is let go.
+                                        restart = Some(recreated);
+                                        break;
+                                    }
                                 }
                             }
                             Err(e) => self.consume_error(e)?,
@@ -754,6 +808,10 @@ impl Pipeline {
                         } else {
                             None
                         };
+                    }
+                    if let Some(Reread::Recreated { topic, partition, why }) = restart {
+                        self.restart_partition(&topic, partition, &why, &mut pending)
+                            .await?;
                     }
                     if pending.len() >= self.config.batch_rows
                         || (self.config.linger.is_zero() && !pending.is_empty())
@@ -794,6 +852,7 @@ impl Pipeline {
             consume_errors = c.consume_errors,
             handed_back = c.handed_back,
             skipped = c.skipped,
+            recreated = c.recreated,
             reread = c.reread,
             process_ms = c.process_time.as_millis() as u64,
             publish_ms = c.publish_time.as_millis() as u64,
@@ -839,34 +898,73 @@ impl Pipeline {
     }
 
     /// Adds a consumed record to the pending batch, unless it is below the
-    /// offset the state already holds for its partition.
+    /// offset the state already holds for its partition or below one
+    /// already accepted: such a record is skipped, unless it is newer than
+    /// every record processed from its partition.
     ///
-    /// Returns the stored offset, without adding the record, when it is the
-    /// first record of a partition resumed at that offset and comes after
-    /// it: tansu's memory storage, asked for an offset inside a record batch
-    /// other than the last, answers from the next batch, skipping the rest
-    /// of that one (see [`Pipeline::reread_skipped_batch`]).
+    /// Returns, without adding the record, what the partition needs
+    /// instead:
+    /// - [`Reread::SkippedBatch`] when it is the first record of a partition
+    ///   resumed at the stored offset and comes after it: tansu's memory
+    ///   storage, asked for an offset inside a record batch other than the
+    ///   last, answers from the next batch, skipping the rest of that one
+    ///   (see [`Pipeline::reread_skipped_batch`]);
+    /// - [`Reread::Recreated`] when it comes below the stored or accepted
+    ///   offset but is newer than anything processed: it cannot be a record
+    ///   processed before, so the topic was deleted and created again (on
+    ///   tansu's memory storage, by a broker restart) and its offsets
+    ///   started again from 0 (see [`Pipeline::restart_partition`]). Left
+    ///   alone, the new topic's records below the old offset would be
+    ///   skipped and those past it left out of the audit trail. A producer
+    ///   whose clock is behind can stamp a new record older than the newest
+    ///   processed; the first one stamped newer is recognised.
     fn accept(
         resume: &Mutex<Resume>,
         counters: &mut Counters,
         message: &BorrowedMessage<'_>,
         pending: &mut Vec<Input>,
-    ) -> Option<i64> {
+    ) -> Option<Reread> {
+        let partition = message.partition();
+        let offset = message.offset();
+        let time_ms = message.timestamp().to_millis();
         let mut resume = resume
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let first = resume.probing.remove(&message.partition()).is_some();
-        let next = resume.skip_below.get(&message.partition()).copied();
-        drop(resume);
-        if let Some(next) = next {
-            if first && message.offset() > next {
-                return Some(next);
-            }
-            if message.offset() < next {
-                counters.skipped += 1;
-                return None;
-            }
+        let first = resume.probing.remove(&partition).is_some();
+        let stored = resume.skip_below.get(&partition).copied();
+        if let Some(stored) = stored
+            && first
+            && offset > stored
+        {
+            return Some(Reread::SkippedBatch { stored });
         }
+        let next = stored.max(resume.accepted.get(&partition).copied());
+        if let Some(next) = next
+            && offset < next
+        {
+            if let (Some(time_ms), Some(&newest)) = (time_ms, resume.newest.get(&partition))
+                && time_ms > newest
+            {
+                return Some(Reread::Recreated {
+                    topic: message.topic().to_owned(),
+                    partition,
+                    why: format!(
+                        "offset {offset} came again after offset {} was processed, stamped {} while the newest record processed was stamped {}",
+                        next - 1,
+                        crate::alert_text::utc_millis(time_ms),
+                        crate::alert_text::utc_millis(newest),
+                    ),
+                });
+            }
+            counters.skipped += 1;
+            return None;
+        }
+        resume.accepted.insert(partition, offset + 1);
+        if let Some(time_ms) = time_ms {
+            let newest = resume.newest.entry(partition).or_insert(time_ms);
+            *newest = (*newest).max(time_ms);
+        }
+        drop(resume);
         pending.push(Input {
             partition: message.partition(),
             offset: message.offset(),
@@ -1055,11 +1153,7 @@ impl Pipeline {
             return Ok(());
         }
         let partitions: HashSet<i32> = inputs.iter().map(|i| i.partition).collect();
-        for partition in self.processor.unopened(partitions.iter().copied()) {
-            let head = self.read_audit_tail(partition).await?;
-            tracing::info!(partition, ?head, "Audit chain tail read from the topic");
-            self.processor.open_chain(partition, head)?;
-        }
+        self.open_chains(partitions.iter().copied()).await?;
 
         // Findings go out as soon as the rules have run; the audit records
         // are made and published after them.
@@ -1071,7 +1165,8 @@ impl Pipeline {
         let mut acks = self.publish_findings(&detected.output).await?;
         self.counters.publish_time += started.elapsed();
         let started = Instant::now();
-        let output = self.processor.finish(detected);
+        let mut output = self.processor.finish(detected);
+        output.state.newest = self.newest_of(&partitions);
         self.counters.process_time += started.elapsed();
         let started = Instant::now();
         for (rule, error) in &output.rule_errors {
@@ -1104,6 +1199,86 @@ impl Pipeline {
         let settled = self.settle(MAX_IN_FLIGHT).await;
         self.counters.settle_time += started.elapsed();
         settled
+    }
+
+    /// Opens the audit chains of `partitions` not opened since the last
+    /// rebalance, from the state and the audit topic's tail.
+    async fn open_chains(&mut self, partitions: impl IntoIterator<Item = i32>) -> Result<()> {
+        for partition in self.processor.unopened(partitions) {
+            let head = self.read_audit_tail(partition).await?;
+            tracing::info!(partition, ?head, "Audit chain tail read from the topic");
+            self.processor.open_chain(partition, head)?;
+        }
+        Ok(())
+    }
+
+    /// The newest record timestamps of `partitions`, to store with a batch
+    /// (see [`Resume::newest`]).
+    fn newest_of(&self, partitions: &HashSet<i32>) -> Vec<(String, i32, i64)> {
+        let resume = self
+            .resume
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        partitions
+            .iter()
+            .filter_map(|p| {
+                let time_ms = resume.newest.get(p)?;
+                Some((self.config.events_topic.clone(), *p, *time_ms))
+            })
+            .collect()
+    }
+
+    /// Reads events partition `partition` again from its beginning after
+    /// [`Pipeline::accept`] found its topic recreated, as `why` says.
+    /// What was accepted before is processed and everything processed is
+    /// written first: it belongs to the old topic. Then the partition's
+    /// audit chain records a gap (records the old topic received after the
+    /// last one read are lost to the trail), every record of the new
+    /// partition is processed and audited, and its offsets replace the old
+    /// ones in the state.
+    async fn restart_partition(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        why: &str,
+        pending: &mut Vec<Input>,
+    ) -> Result<()> {
+        if !pending.is_empty() {
+            self.flush(std::mem::take(pending)).await?;
+        }
+        self.checkpoint_now().await?;
+        self.open_chains([partition]).await?;
+        self.processor.restart_source(
+            partition,
+            &format!("{topic}/{partition}: {why}"),
+            now_unix_ns(),
+        );
+        self.written.remove(&partition);
+        let mut resume = self
+            .resume
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        resume.skip_below.remove(&partition);
+        resume.accepted.remove(&partition);
+        resume.newest.remove(&partition);
+        resume.probing.remove(&partition);
+        drop(resume);
+        self.consumer
+            .seek(topic, partition, Offset::Beginning, Duration::ZERO)
+            .map_err(|e| {
+                Error::kafka(
+                    format!("read {topic}/{partition} from its beginning after it was recreated"),
+                    e,
+                )
+            })?;
+        self.counters.recreated += 1;
+        tracing::error!(
+            %topic,
+            partition,
+            %why,
+            "The events topic was recreated (its offsets started again from 0); reading the partition from its beginning. Its audit chain records a gap: events the old topic received after the last one read are lost to the trail"
+        );
+        Ok(())
     }
 
     /// The last audit record of `partition`, read again each second while

@@ -211,6 +211,9 @@ pub struct Processor {
     /// Events further ahead of the detector's clock are dead-lettered;
     /// see [`Processor::with_clock_check`].
     max_ahead: Option<Duration>,
+    /// Audit records of recreated events partitions (see
+    /// [`Processor::restart_source`]), published with the next batch.
+    restarts: Vec<AuditRecord>,
 }
 
 impl Processor {
@@ -234,6 +237,7 @@ impl Processor {
             last_checkpoint: Instant::now(),
             deferred_offsets: BTreeMap::new(),
             max_ahead: None,
+            restarts: Vec::new(),
         }
     }
 
@@ -306,6 +310,8 @@ impl Processor {
                 .into_iter()
                 .map(|(partition, offset)| (self.events_topic.clone(), partition, offset))
                 .collect(),
+            // Written with each batch by the pipeline.
+            newest: Vec::new(),
             alerted: Vec::new(),
         }
     }
@@ -348,12 +354,45 @@ impl Processor {
         Ok(())
     }
 
+    /// Starts `partition` of the events topic again from its offset 0 after
+    /// the topic was recreated (`why` says how that was seen): its audit
+    /// chain gets a gap record saying so, published first with the next
+    /// batch, after which every offset of the new partition is audited.
+    /// Its chain must be open; its offsets and baselines already written
+    /// (see `Pipeline::restart_partition`).
+    pub fn restart_source(&mut self, partition: i32, why: &str, now_ns: i64) {
+        let gap = Event {
+            event_id: format!("events-recreated-{partition}-{now_ns}"),
+            time_unix_ns: now_ns,
+            kind: Kind::Gap,
+            gap: Some(Gap {
+                lost: -1,
+                lost_kind: None,
+                first_seq: -1,
+                last_seq: -1,
+                reason: format!("events_topic_recreated: {}", bounded(why, 512)),
+            }),
+            ..Event::default()
+        };
+        let record = self.chains.restart_source(
+            partition,
+            &gap,
+            "vigil-detector",
+            &self.events_topic,
+            now_ns,
+        );
+        self.restarts.push(record);
+        self.deferred_offsets.remove(&partition);
+    }
+
     /// Forgets caches and chain heads after partitions were revoked.
     pub fn reset_after_rebalance(&mut self) {
         self.enricher.clear_cache();
         self.chains.clear();
         self.opened.clear();
         self.deferred_offsets.clear();
+        // Unwritten, so the next owner sees the recreation again.
+        self.restarts.clear();
     }
 
     /// Processes one batch of records in order. `now_ns` stamps alerts and
@@ -502,6 +541,7 @@ impl Processor {
             next_offsets,
             now_ns,
         } = detected;
+        output.audit.append(&mut self.restarts);
         for item in &to_audit {
             let (partition, offset, event, principal) = match item {
                 ToAudit::Row(i) => {

@@ -54,6 +54,11 @@ pub struct StateWrite {
     pub baselines: Vec<(Dimension, String, Vec<u8>)>,
     /// (topic, partition, next offset to consume)
     pub offsets: Vec<(String, i32, i64)>,
+    /// (topic, partition, Kafka timestamp in ms of the newest record
+    /// processed from it): a record below the stored offset that is newer
+    /// than this was never processed, so its topic was recreated (see
+    /// `Pipeline::accept`).
+    pub newest: Vec<(String, i32, i64)>,
     pub chain_heads: Vec<(i32, ChainHead)>,
     /// (alert id, event time in ms): alerts already published.
     pub alerted: Vec<(String, i64)>,
@@ -67,6 +72,9 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     fn baseline(&self, dimension: Dimension, key: &str) -> Result<Option<Vec<u8>>>;
     /// Next offset to consume for a partition, if this store has one.
     fn offset(&self, topic: &str, partition: i32) -> Result<Option<i64>>;
+    /// Kafka timestamp (ms) of the newest record processed from a
+    /// partition, if this store has one.
+    fn newest(&self, topic: &str, partition: i32) -> Result<Option<i64>>;
     fn chain_head(&self, partition: i32) -> Result<Option<ChainHead>>;
     fn was_alerted(&self, alert_id: &str) -> Result<bool>;
     /// Applies a batch's changes atomically and durably.
@@ -92,6 +100,13 @@ fn offset_key(topic: &str, partition: i32) -> Vec<u8> {
     let mut key = topic.as_bytes().to_vec();
     key.push(0);
     key.extend_from_slice(&partition.to_be_bytes());
+    key
+}
+
+/// Key of a partition's newest processed timestamp, next to its offset.
+fn newest_key(topic: &str, partition: i32) -> Vec<u8> {
+    let mut key = offset_key(topic, partition);
+    key.extend_from_slice(b"/newest");
     key
 }
 
@@ -214,6 +229,17 @@ impl StateStore for RocksStore {
             .transpose()
     }
 
+    fn newest(&self, topic: &str, partition: i32) -> Result<Option<i64>> {
+        self.get(CF_OFFSETS, &newest_key(topic, partition))?
+            .map(|bytes| {
+                be_i64(&bytes).ok_or_else(|| Error::State {
+                    context: format!("stored newest timestamp of {topic}/{partition}"),
+                    source: format!("{} bytes where an 8-byte time belongs", bytes.len()).into(),
+                })
+            })
+            .transpose()
+    }
+
     fn chain_head(&self, partition: i32) -> Result<Option<ChainHead>> {
         self.get(CF_CHAIN, &partition.to_be_bytes())?
             .map(|bytes| {
@@ -239,6 +265,13 @@ impl StateStore for RocksStore {
                 self.cf(CF_OFFSETS)?,
                 offset_key(topic, *partition),
                 offset.to_be_bytes(),
+            );
+        }
+        for (topic, partition, time_ms) in &write.newest {
+            batch.put_cf(
+                self.cf(CF_OFFSETS)?,
+                newest_key(topic, *partition),
+                time_ms.to_be_bytes(),
             );
         }
         for (partition, head) in &write.chain_heads {
@@ -295,6 +328,7 @@ pub struct MemStore {
 struct MemInner {
     baselines: HashMap<(&'static str, String), Vec<u8>>,
     offsets: HashMap<(String, i32), i64>,
+    newest: HashMap<(String, i32), i64>,
     chain: HashMap<i32, ChainHead>,
     alerted: HashMap<String, i64>,
 }
@@ -324,6 +358,14 @@ impl StateStore for MemStore {
             .copied())
     }
 
+    fn newest(&self, topic: &str, partition: i32) -> Result<Option<i64>> {
+        Ok(self
+            .lock()
+            .newest
+            .get(&(topic.to_owned(), partition))
+            .copied())
+    }
+
     fn chain_head(&self, partition: i32) -> Result<Option<ChainHead>> {
         Ok(self.lock().chain.get(&partition).cloned())
     }
@@ -341,6 +383,9 @@ impl StateStore for MemStore {
         }
         for (topic, partition, offset) in write.offsets {
             inner.offsets.insert((topic, partition), offset);
+        }
+        for (topic, partition, time_ms) in write.newest {
+            inner.newest.insert((topic, partition), time_ms);
         }
         for (partition, head) in write.chain_heads {
             inner.chain.insert(partition, head);
@@ -362,6 +407,7 @@ mod tests {
             .commit(StateWrite {
                 baselines: vec![(Dimension::User, "alice".into(), vec![1, 2, 3])],
                 offsets: vec![("t".into(), 0, 42), ("t".into(), 1, 7)],
+                newest: vec![("t".into(), 0, 1_700_000_000_000)],
                 chain_heads: vec![(
                     0,
                     ChainHead {
@@ -383,6 +429,12 @@ mod tests {
             None
         );
         assert_eq!(store.offset("t", 0).expect("read"), Some(42));
+        assert_eq!(
+            store.newest("t", 0).expect("read"),
+            Some(1_700_000_000_000),
+            "kept apart from the offset"
+        );
+        assert_eq!(store.newest("t", 1).expect("read"), None);
         assert_eq!(store.offset("t", 1).expect("read"), Some(7));
         assert_eq!(store.offset("u", 0).expect("read"), None);
         assert_eq!(store.chain_head(0).expect("read").map(|h| h.seq), Some(9));

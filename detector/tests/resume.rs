@@ -1,16 +1,21 @@
-//! A detector resumes each partition at the offset stored with its state.
-//! On tansu's SQLite storage the broker serves that offset even inside a
-//! record batch, so nothing is read twice. On its memory storage it sends
-//! nothing from inside its last batch; after 2 s the detector reads the
-//! partition again from `high - 1` (that batch's first offset there) and
-//! skips what its state already holds. An idle partition looks the same and
-//! is reread from its last record. Inside an earlier batch, memory storage
-//! answers from the next batch, silently skipping the rest of that one: the
-//! detector sees its first record come after the stored offset and reads
-//! the partition from its beginning instead. Before session 13 every
-//! partition was read from its beginning on tansu; before session 14 every
-//! stalled or idle one was, and one resumed inside an earlier batch lost
-//! that batch's remaining records.
+//! A detector resumes each partition one record before the offset stored
+//! with its state: the last record it processed is read again and skipped,
+//! to see whether the topic was recreated since. On tansu's SQLite storage
+//! the broker serves that offset even inside a record batch, so only that
+//! record is read twice. On its memory storage it sends nothing from inside
+//! its last batch; after 2 s the detector reads the partition again from
+//! `high - 1` (that batch's first offset there) and skips what its state
+//! already holds. Inside an earlier batch, memory storage answers from the
+//! next batch, silently skipping the rest of that one: the detector sees
+//! its first record come after the stored offset and reads the partition
+//! from its beginning instead. Before session 13 every partition was read
+//! from its beginning on tansu; before session 14 every stalled or idle one
+//! was, and one resumed inside an earlier batch lost that batch's remaining
+//! records.
+//!
+//! A recreated events topic (deleted and created again: its offsets start
+//! again from 0) is recognised by a record below the stored offset that is
+//! newer than every record processed, and read from its beginning.
 
 mod common;
 
@@ -21,6 +26,7 @@ use common::{MONDAY, file_event, produce_with, read_topic};
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::FutureProducer;
+use vigil_detector::audit_chain::Verifier;
 use vigil_detector::pipeline::Counters;
 use vigil_detector::state::{RocksStore, StateStore, StateWrite};
 use vigil_schemas::testkit::TestBroker;
@@ -28,7 +34,7 @@ use vigil_schemas::{AuditRecord, Event, Kind, bus, decode};
 
 /// How long the idle test waits before publishing: past the detector's
 /// group join (60 ms here), its 2 s probe and its 1 s housekeeping tick
-/// (the reread came 3.1 s after the assignment).
+/// (before session 21 a reread came 3.1 s after the assignment).
 const IDLE: Duration = Duration::from_secs(7);
 
 /// PHI opens by alice, one per offset, a millisecond apart.
@@ -124,7 +130,10 @@ async fn resume(
 async fn on_sqlite_storage_a_partition_resumes_at_its_stored_offset() {
     let broker = TestBroker::start_durable();
     let (counters, _) = resume(&broker, &[500], 256, Duration::ZERO, 500..500).await;
-    assert_eq!(counters.skipped, 0, "nothing read twice: {counters:?}");
+    assert_eq!(
+        counters.skipped, 1,
+        "only the last processed record is read twice: {counters:?}"
+    );
     assert_eq!(counters.reread, 0, "{counters:?}");
 }
 
@@ -152,12 +161,15 @@ async fn on_memory_storage_a_partition_stuck_inside_an_earlier_batch_is_read_fro
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_idle_partition_is_reread_from_its_last_record_only() {
+async fn an_idle_partition_resumes_at_its_last_record_without_a_reread() {
     let broker = TestBroker::start_durable();
     // The detector idles past its 2 s probe before the next events come.
     let (counters, high) = resume(&broker, &[500], 500, IDLE, 500..510).await;
     assert_eq!(high, 500, "{counters:?}");
-    assert_eq!(counters.reread, 1, "{counters:?}");
+    assert_eq!(
+        counters.reread, 0,
+        "the last record answers the probe: {counters:?}"
+    );
     assert_eq!(
         counters.skipped, 1,
         "only the last processed record is read again: {counters:?}"
@@ -272,4 +284,115 @@ async fn an_unreadable_stored_offset_stops_the_detector_instead_of_rereading_the
     )
     .await;
     assert!(audit.is_empty(), "no event of the partition was processed");
+}
+
+/// Runs a detector over `events(0..300)`, deletes the events topic and
+/// creates it again with `events(1000..1000 + again)`, runs a detector on
+/// the same state again and returns its counters and the whole audit
+/// topic, in order. The audit topic is kept, as a SOC would keep it.
+///
+/// The detector is stopped meanwhile: deleting a topic under a running
+/// one crashed the process here (SIGSEGV in librdkafka 2.12's
+/// `rd_kafka_metadata_cache_find` on a client's `rdk:main` thread, tansu
+/// 0.6). Started again after such a crash, it is in this case.
+///
+/// On memory storage: tansu 0.6 on SQLite deletes every topic when asked
+/// to delete one.
+async fn recreated(again: i64) -> (Counters, Vec<AuditRecord>) {
+    let broker = TestBroker::start();
+    let topics = common::topics(&broker, 1).await;
+    let rules = common::rules_dir(&["phi-bulk-read"]);
+    let state = tempfile::tempdir().expect("state dir");
+    // Each round has a producer of its own, dropped before the topic is
+    // deleted: an idempotent producer's sequence numbers belong to the old
+    // topic, and the broker refuses them for the new one.
+    common::produce_events(&broker, &topics.events, &events(0..300)).await;
+    let config = common::config(&broker, &topics, state.path(), rules.path());
+    let (stop, running) = common::spawn_detector(config.clone(), "detector starts").await;
+    let first = read_topic(
+        &broker,
+        &topics.audit,
+        300,
+        Duration::from_millis(500),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(first.len(), 300, "the old topic's events are audited");
+    stop.cancel();
+    running
+        .await
+        .expect("task")
+        .expect("detector stops cleanly");
+
+    broker.delete_topic(&topics.events).await;
+    broker.create_topic(&topics.events, 1).await;
+    common::produce_events(&broker, &topics.events, &events(1000..1000 + again)).await;
+    let (stop, running) = common::spawn_detector(config, "detector starts again").await;
+    let audit = read_topic(
+        &broker,
+        &topics.audit,
+        301 + again as usize,
+        Duration::from_secs(1),
+        Duration::from_secs(60),
+    )
+    .await;
+    stop.cancel();
+    let counters = running
+        .await
+        .expect("task")
+        .expect("detector stops cleanly");
+    let mut records: Vec<(i64, AuditRecord)> = audit
+        .iter()
+        .map(|m| {
+            let record = decode(m.payload().expect("payload")).expect("audit record");
+            (m.offset(), record)
+        })
+        .collect();
+    records.sort_by_key(|(offset, _)| *offset);
+    let mut verifier = Verifier::default();
+    for (offset, record) in &records {
+        verifier.check(record.clone(), &format!("offset {offset}"));
+    }
+    assert_eq!(
+        verifier.first_broken(),
+        None,
+        "one chain across the recreation"
+    );
+    (counters, records.into_iter().map(|(_, r)| r).collect())
+}
+
+/// What the audit trail must say after [`recreated`]: the old topic's 300
+/// events, a gap naming the recreation, then every event of the new topic
+/// from its offset 0. Before session 21 the new topic's records below the
+/// stored offset 300 were skipped and those past it left unaudited (the
+/// chain's head had audited source offsets up to 299).
+fn assert_recreation_audited(counters: &Counters, records: &[AuditRecord], again: i64) {
+    let sources: Vec<i64> = records.iter().map(|r| r.source_offset).collect();
+    let expected: Vec<i64> = (0..300).chain([-1]).chain(0..again).collect();
+    assert_eq!(sources, expected, "{counters:?}");
+    let gap = &records[300];
+    assert_eq!(gap.action, "gap");
+    let reason = &gap.gap.as_ref().expect("a gap record").reason;
+    assert!(
+        reason.starts_with("events_topic_recreated: ")
+            && reason.contains("offset 299 was processed"),
+        "the gap says what happened: {reason}"
+    );
+    assert_eq!(counters.recreated, 1, "{counters:?}");
+    assert_eq!(
+        counters.events, again as u64,
+        "every event of the new topic is processed: {counters:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_events_topic_recreated_shorter_is_read_from_its_beginning() {
+    let (counters, records) = recreated(100).await;
+    assert_recreation_audited(&counters, &records, 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_events_topic_recreated_longer_is_read_from_its_beginning() {
+    let (counters, records) = recreated(400).await;
+    assert_recreation_audited(&counters, &records, 400);
 }

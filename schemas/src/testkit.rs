@@ -317,6 +317,26 @@ impl TestBroker {
         }
     }
 
+    /// Deletes a topic and its records.
+    pub async fn delete_topic(&self, name: &str) {
+        let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create()
+            .expect("create an admin client");
+        let results = admin
+            .delete_topics(
+                &[name],
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("delete topic {name}: {e}; broker log:\n{}", self.log()));
+        for result in results {
+            if let Err((topic, code)) = result {
+                panic!("delete topic {topic}: {code}; broker log:\n{}", self.log());
+            }
+        }
+    }
+
     /// An idempotent `acks=all` producer (the product's settings).
     pub fn producer(&self) -> FutureProducer {
         bus::producer_config(&self.bootstrap)
