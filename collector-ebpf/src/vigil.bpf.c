@@ -12,6 +12,7 @@
  *   files               - open family, read/write roll-ups, close, rename,
  *                         unlink, truncate, chmod, chown
  *   network             - connect, accept, per-connection byte roll-ups
+ *                         (at close and swept periodically)
  *   privilege           - setuid/setgid families, capset
  *
  * Every syscall is handled on its own syscalls:sys_enter_X / sys_exit_X
@@ -1556,8 +1557,31 @@ FINISH(connect)
 FINISH(accept)
 FINISH(accept4)
 
-/* A traced connection closes: one send and one receive roll-up, from the
- * socket's own counters, instead of a record per send() or recv(). */
+/* Reports the bytes a traced connection moved since its last report, read
+ * from the socket's own counters rather than counted per send() or recv().
+ * bytes_received counts the peer's FIN as one byte (rcv_nxt moves past it):
+ * it is taken off once one was received (RCV_SHUTDOWN). The totals are
+ * exchanged into the entry (write_bytes: sent, read_bytes: received), so a
+ * sweep and the close racing on one entry never report the same bytes
+ * twice: whichever exchanges second reports only what the first did not. */
+static __always_inline void emit_connection_rollups(struct vigil_tracked *conn,
+						    struct tcp_sock *tp)
+{
+	__u64 sent = BPF_CORE_READ(tp, bytes_sent);
+	__u64 received = BPF_CORE_READ(tp, bytes_received);
+	__u8 shutdown = BPF_CORE_READ(tp, inet_conn.icsk_inet.sk.sk_shutdown);
+	if ((shutdown & RCV_SHUTDOWN_BIT) && received)
+		received -= 1;
+	__u64 sent_before = __sync_lock_test_and_set(&conn->write_bytes, sent);
+	__u64 received_before = __sync_lock_test_and_set(&conn->read_bytes, received);
+	if (sent > sent_before)
+		emit_rollup(&conn->rec, VIGIL_KIND_SEND, sent - sent_before);
+	if (received > received_before)
+		emit_rollup(&conn->rec, VIGIL_KIND_RECV, received - received_before);
+}
+
+/* A traced connection closes: its bytes since the last sweep, and the
+ * entry gone. */
 SEC("tracepoint/sock/inet_sock_set_state")
 int vigil_sock_state(struct trace_event_raw_inet_sock_set_state *ctx)
 {
@@ -1567,19 +1591,32 @@ int vigil_sock_state(struct trace_event_raw_inet_sock_set_state *ctx)
 	struct vigil_tracked *conn = bpf_map_lookup_elem(&connections, &key);
 	if (!conn)
 		return 0;
-	struct tcp_sock *tp = (struct tcp_sock *)ctx->skaddr;
-	__u64 sent = BPF_CORE_READ(tp, bytes_sent);
-	__u64 received = BPF_CORE_READ(tp, bytes_received);
-	/* bytes_received counts the peer's FIN as one byte (rcv_nxt moves
-	 * past it): take it off when one was received (RCV_SHUTDOWN). */
-	__u8 shutdown = BPF_CORE_READ(tp, inet_conn.icsk_inet.sk.sk_shutdown);
-	if ((shutdown & RCV_SHUTDOWN_BIT) && received)
-		received -= 1;
-	if (sent)
-		emit_rollup(&conn->rec, VIGIL_KIND_SEND, sent);
-	if (received)
-		emit_rollup(&conn->rec, VIGIL_KIND_RECV, received);
+	emit_connection_rollups(conn, (struct tcp_sock *)ctx->skaddr);
 	bpf_map_delete_elem(&connections, &key);
+	return 0;
+}
+
+static long sweep_connection(struct bpf_map *map, __u64 *key, struct vigil_tracked *conn,
+			     void *ctx)
+{
+	struct sock *sk = (struct sock *)*key;
+	/* Closing (its close reports), or not a socket any more: an entry
+	 * whose close was missed, whose memory another object may hold now. */
+	if (BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_CLOSE_STATE ||
+	    BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	emit_connection_rollups(conn, (struct tcp_sock *)sk);
+	return 0;
+}
+
+/* Every rollup_interval_ns, on one CPU's clock (a perf event the collector
+ * opens): each traced connection still open reports its bytes since its
+ * last report, so a long transfer is seen while it lasts, not only when it
+ * ends. The collector also runs it once at shutdown. */
+SEC("perf_event")
+int vigil_sweep_connections(void *ctx)
+{
+	bpf_for_each_map_elem(&connections, sweep_connection, NULL, 0);
 	return 0;
 }
 

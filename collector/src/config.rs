@@ -109,8 +109,9 @@ pub struct Args {
     pub flush_timeout: Option<Duration>,
 
     /// Byte roll-ups of a watched file still open are reported at the first
-    /// read or write after this long (and at close). 0 reports at close
-    /// only. Default 60s.
+    /// read or write after this long (and at close); those of a TCP
+    /// connection still open, this often but at most once a second (and at
+    /// close). 0 reports at close (and shutdown) only. Default 60s.
     #[arg(long, env = "VIGIL_ROLLUP_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub rollup_interval: Option<Duration>,
 

@@ -6,12 +6,17 @@
 //! `syscalls:sys_exit_X`, `vigil_exec`/`vigil_exit` →
 //! `sched:sched_process_exec|exit`, `vigil_sock_state` →
 //! `sock:inet_sock_set_state`. A syscall this kernel does not have (e.g.
-//! `open` on arm64) is skipped with a warning.
+//! `open` on arm64) is skipped with a warning. One program is not on a
+//! tracepoint: [`SWEEP`], on a perf clock event of one CPU, reports the
+//! bytes of connections still open every roll-up interval.
 
 use std::path::Path;
 
 use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::{Program, TracePoint};
+use aya::programs::perf_event::{
+    PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy, SoftwareEvent,
+};
+use aya::programs::{PerfEvent, Program, TracePoint};
 use aya::{Ebpf, EbpfLoader};
 use tracing::{debug, info, warn};
 
@@ -22,6 +27,20 @@ use crate::scope;
 
 /// The compiled kernel programs (built by `build.rs`).
 static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/vigil.bpf.o"));
+
+/// The program that reports the bytes of traced connections still open
+/// (`vigil.bpf.c`), run by a perf clock event rather than a tracepoint.
+const SWEEP: &str = "vigil_sweep_connections";
+
+/// The shortest interval between two sweeps of the connections, whatever
+/// the roll-up interval: each sweep reports every connection that moved
+/// bytes, the broker's included, whose reports move more bytes; at a
+/// millisecond (as a test sets for files) that loop flooded the broker.
+const MIN_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long the shutdown sweep's clock runs (firing every millisecond):
+/// long enough for it to fire at least once.
+const FINAL_SWEEP: std::time::Duration = std::time::Duration::from_millis(30);
 
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
@@ -113,6 +132,9 @@ impl Probes {
         let names: Vec<String> = ebpf.programs().map(|(name, _)| name.to_owned()).collect();
         let mut attached = 0;
         for name in names {
+            if name == SWEEP {
+                continue;
+            }
             let Some((category, tracepoint)) = tracepoint_of(&name) else {
                 warn!(program = %name, "Program with no tracepoint by its name; not attached");
                 continue;
@@ -133,7 +155,43 @@ impl Probes {
             debug!(program = %name, %category, %tracepoint, "Attached");
             attached += 1;
         }
-        Ok(Probes { ebpf, attached })
+        let mut probes = Probes { ebpf, attached };
+        probes
+            .sweep_program()?
+            .load()
+            .map_err(|e| program_error(SWEEP, e))?;
+        if !config.rollup_interval.is_zero() {
+            let every = config.rollup_interval.max(MIN_SWEEP_INTERVAL);
+            probes.start_sweeping(u64::try_from(every.as_nanos()).unwrap_or(u64::MAX))?;
+            debug!(program = SWEEP, ?every, "Attached");
+            probes.attached += 1;
+        }
+        Ok(probes)
+    }
+
+    fn sweep_program(&mut self) -> Result<&mut PerfEvent> {
+        self.ebpf
+            .program_mut(SWEEP)
+            .ok_or_else(|| Error::Setting(format!("program {SWEEP} is missing from the object")))?
+            .try_into()
+            .map_err(|e| program_error(SWEEP, e))
+    }
+
+    /// Runs [`SWEEP`] every `period_ns` of the first online CPU's clock
+    /// (which runs whether or not that CPU is busy).
+    fn start_sweeping(&mut self, period_ns: u64) -> Result<PerfEventLinkId> {
+        let cpu = aya::util::online_cpus()
+            .ok()
+            .and_then(|cpus| cpus.first().copied())
+            .unwrap_or(0);
+        self.sweep_program()?
+            .attach(
+                PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                PerfEventScope::AllProcessesOneCpu { cpu },
+                SamplePolicy::Period(period_ns),
+                false,
+            )
+            .map_err(|e| program_error(SWEEP, e))
     }
 
     /// How many programs are attached.
@@ -152,15 +210,25 @@ impl Probes {
 
     /// Detaches every program, then returns a read and a write roll-up for
     /// each watched file still open: its bytes since its last roll-up, which
-    /// would otherwise go with the maps. Records the programs wrote before
-    /// are in the ring buffer; drain it before publishing these. (Open
-    /// connections have no such totals to read: theirs are the socket's
-    /// own counters, read in the kernel when it closes.)
+    /// would otherwise go with the maps. Each connection still open reports
+    /// its bytes since its last roll-up too, through the ring buffer: its
+    /// totals are the socket's own counters, which only the kernel can read,
+    /// so [`SWEEP`] runs once more first. Records the programs wrote before
+    /// are in the ring buffer; drain it before publishing these.
     pub fn detach(&mut self) -> Vec<RawRecord> {
+        match self.start_sweeping(1_000_000) {
+            Ok(_) => std::thread::sleep(FINAL_SWEEP),
+            Err(error) => {
+                warn!(%error, "Cannot sweep the connections still open: their bytes since the last roll-up are not reported");
+            }
+        }
         for (name, program) in self.ebpf.programs_mut() {
-            if let Program::TracePoint(program) = program
-                && let Err(error) = program.unload()
-            {
+            let unloaded = match program {
+                Program::TracePoint(program) => program.unload(),
+                Program::PerfEvent(program) => program.unload(),
+                _ => Ok(()),
+            };
+            if let Err(error) = unloaded {
                 warn!(program = %name, %error, "Cannot detach");
             }
         }

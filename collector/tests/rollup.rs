@@ -1,15 +1,17 @@
 //! Long-lived descriptors: byte roll-ups are reported while the file is
 //! still open (at the first write after the roll-up interval), and the
-//! rest at close, so the totals add up.
+//! rest at close, so the totals add up. TCP connections likewise: a sweep
+//! every roll-up interval reports their bytes while they are open.
 
 mod common;
 
 use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
-use common::{Collector, bytes_of, consume_all, consume_until, require_root};
-use vigil_schemas::Kind;
+use common::{Collector, Published, bytes_of, consume_all, consume_until, require_root};
 use vigil_schemas::testkit::TestBroker;
+use vigil_schemas::{Event, Kind};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_files_report_bytes_periodically_and_at_close() {
@@ -107,12 +109,17 @@ async fn periodic_roll_ups_of_a_shared_descriptor_add_up() {
         |events| bytes_of(events, Kind::Write, &path_s).iter().sum::<i64>() >= total,
     )
     .await;
-    // Anything doubled would arrive after the total was reached.
+    // Anything doubled would arrive after the total was reached. The topic
+    // never goes quiet: the connection sweep (every second here) reports
+    // the broker's connections, which carried its last reports.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let events = if events.is_empty() {
         events
     } else {
-        consume_all(broker.bootstrap(), &topic, Duration::from_secs(2)).await
+        consume_until(broker.bootstrap(), &topic, Duration::from_secs(3), |_| {
+            false
+        })
+        .await
     };
     let stderr = collector.stop();
     let reports = bytes_of(&events, Kind::Write, &path_s);
@@ -320,4 +327,136 @@ async fn descriptors_past_the_tracking_table_are_reported_as_gaps() {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no untracked_files in the final log line:\n{stderr}"));
     assert_eq!(lost, counted, "the gaps report what the kernel counted");
+}
+
+/// A local TCP server on `port` that reads until its client closes and
+/// returns how many bytes it read.
+fn tcp_server() -> (u16, std::thread::JoinHandle<usize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+    let port = listener.local_addr().expect("listener address").port();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept");
+        let mut received = Vec::new();
+        conn.read_to_end(&mut received).expect("receive");
+        received.len()
+    });
+    (port, server)
+}
+
+/// The byte roll-ups of the connection to `port`: the client's sends and
+/// the server's receives, in order.
+fn connection_bytes(events: &[Published], port: u16) -> (Vec<i64>, Vec<i64>) {
+    let port = Some(i32::from(port));
+    let of = |kind: Kind, end: fn(&Event) -> Option<i32>| -> Vec<i64> {
+        events
+            .iter()
+            .filter(|p| p.event.kind == kind && end(&p.event) == port)
+            .filter_map(|p| p.event.bytes)
+            .collect()
+    };
+    (
+        of(Kind::Send, |e| e.dst_port),
+        of(Kind::Recv, |e| e.src_port),
+    )
+}
+
+/// Before session 21 a connection reported its bytes only when it closed:
+/// a transfer lasting hours was seen hours late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_connections_report_bytes_periodically_and_at_close() {
+    require_root();
+    let broker = TestBroker::start();
+    let topic = broker.topic("collector.connections", 1).await;
+    let watched = tempfile::tempdir().expect("watched temp dir");
+    let collector = Collector::start(
+        broker.bootstrap(),
+        &topic,
+        watched.path(),
+        &["--rollup-interval", "1s"],
+    );
+    let (port, server) = tcp_server();
+    let mut client = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    client.write_all(&[b'a'; 1000]).expect("first send");
+    let while_open = consume_until(
+        broker.bootstrap(),
+        &topic,
+        Duration::from_secs(20),
+        |events| connection_bytes(events, port) == (vec![1000], vec![1000]),
+    )
+    .await;
+    assert_eq!(
+        connection_bytes(&while_open, port),
+        (vec![1000], vec![1000]),
+        "a sweep reports the bytes while the connection is open:\n{}",
+        collector.stderr()
+    );
+
+    client.write_all(&[b'b'; 500]).expect("second send");
+    drop(client);
+    assert_eq!(server.join().expect("server thread"), 1500);
+    let events = consume_until(
+        broker.bootstrap(),
+        &topic,
+        Duration::from_secs(20),
+        |events| {
+            let (sent, received) = connection_bytes(events, port);
+            sent.iter().sum::<i64>() >= 1500 && received.iter().sum::<i64>() >= 1500
+        },
+    )
+    .await;
+    let stderr = collector.stop();
+    assert_eq!(
+        connection_bytes(&events, port),
+        (vec![1000, 500], vec![1000, 500]),
+        "the rest at close (or the next sweep); totals add up:\n{stderr}"
+    );
+}
+
+/// A collector stopped while a connection is open reports its bytes so
+/// far; before session 21 they were never reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_still_open_at_shutdown_report_their_bytes() {
+    require_root();
+    let broker = TestBroker::start();
+    let topic = broker.topic("collector.open-connection", 1).await;
+    let watched = tempfile::tempdir().expect("watched temp dir");
+    let collector = Collector::start(
+        broker.bootstrap(),
+        &topic,
+        watched.path(),
+        &["--rollup-interval", "1h"],
+    );
+    let marker = watched.path().join("marker.txt");
+    let marker_s = marker.to_str().expect("utf-8").to_owned();
+    let (port, server) = tcp_server();
+    let mut client = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    client.write_all(&[b'a'; 700]).expect("send");
+    std::fs::write(&marker, b"m").expect("write the marker");
+    let before = consume_until(
+        broker.bootstrap(),
+        &topic,
+        Duration::from_secs(20),
+        |events| !bytes_of(events, Kind::Write, &marker_s).is_empty(),
+    )
+    .await;
+    assert!(
+        !bytes_of(&before, Kind::Write, &marker_s).is_empty(),
+        "the marker arrives:\n{}",
+        collector.stderr()
+    );
+    assert_eq!(
+        connection_bytes(&before, port),
+        (vec![], vec![]),
+        "nothing reported while open with an hour's interval"
+    );
+
+    let stderr = collector.stop();
+    let events = consume_all(broker.bootstrap(), &topic, Duration::from_secs(3)).await;
+    drop(client);
+    assert_eq!(server.join().expect("server thread"), 700);
+    assert_eq!(
+        connection_bytes(&events, port),
+        (vec![700], vec![700]),
+        "the open connection's bytes are reported at shutdown:\n{stderr}"
+    );
 }
