@@ -24,6 +24,12 @@
 //! the events the old one had queued but never sent; only events that were
 //! on the wire when the error came and were not acknowledged are lost, and
 //! they are reported like any other refusal.
+//!
+//! So is a producer whose identity the broker refuses without librdkafka
+//! calling it fatal (`ProducerFenced`, an unknown producer id, a sequence
+//! out of order: an events topic deleted and created again does this).
+//! The refused events are reported; the new producer's id lets the next
+//! ones through.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -81,8 +87,12 @@ pub struct DeliveryStats {
     /// Purged events not yet sent again.
     unsent: Mutex<Vec<Outgoing>>,
     /// Raised by librdkafka's error callback (any error: which are fatal
-    /// only the client can say).
+    /// only the client can say), and by [`DeliveryStats::identity_refused`].
     errors: tokio::sync::Notify,
+    /// Set when the broker refused a delivery for the producer's identity
+    /// (see [`refuses_the_producer`]): a new producer, with a new producer
+    /// id, is needed, although librdkafka reports no fatal error.
+    identity_refused: AtomicBool,
 }
 
 impl DeliveryStats {
@@ -124,6 +134,25 @@ impl DeliveryStats {
     pub fn take_refused(&self) -> Refused {
         std::mem::take(&mut *lock(&self.refused))
     }
+}
+
+/// Whether a delivery error refuses the producer itself rather than the
+/// record: the broker no longer knows its producer id, or the partition's
+/// sequence does not continue the producer's. An events topic deleted and
+/// created again under a running collector does this: tansu then answered
+/// every record with `ProducerFenced`, for ever, and every event from then
+/// on was refused (found by hand in session 21).
+fn refuses_the_producer(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::OutOfOrderSequenceNumber
+                | RDKafkaErrorCode::UnknownProducerId
+                | RDKafkaErrorCode::InvalidProducerEpoch
+                | RDKafkaErrorCode::InvalidProducerIdMapping
+        )
+    )
 }
 
 /// The sequence number and kind of an encoded event, from a delivery
@@ -262,6 +291,10 @@ impl ProducerContext for Deliveries {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
                 let (seq, kind) = seq_and_kind(message.payload());
                 self.stats.refused(seq, kind, error);
+                if refuses_the_producer(error) {
+                    self.stats.identity_refused.store(true, Ordering::Relaxed);
+                    self.stats.errors.notify_one();
+                }
             }
         }
     }
@@ -620,6 +653,10 @@ pub async fn publish(
     // purged, then the one that met the fatal error.
     let mut again: VecDeque<Outgoing> = VecDeque::new();
     let (producer, flushed) = loop {
+        if stats.identity_refused.load(Ordering::Relaxed) && !sender.past_deadline() {
+            (producer, again) = renew(producer, &stats, again).await?;
+            continue;
+        }
         let outgoing = match again.pop_front() {
             Some(outgoing) => outgoing,
             // A busy publisher meets a fatal error when it sends; only an
@@ -632,7 +669,9 @@ pub async fn publish(
                     // A fatal error before or during the flush purged
                     // queued events: they are sent again by a new producer,
                     // or counted abandoned once the deadline has passed.
-                    if flushed_producer.client().fatal_error().is_some() {
+                    if flushed_producer.client().fatal_error().is_some()
+                        || stats.identity_refused.load(Ordering::Relaxed)
+                    {
                         if !sender.past_deadline() {
                             (producer, again) = renew(flushed_producer, &stats, again).await?;
                             continue;
@@ -703,9 +742,10 @@ async fn flush(
     .map_err(|e| crate::error::Error::Setting(format!("flush task: {e}")))
 }
 
-/// Replaces `producer` after a fatal error; returns the new one and what
-/// to send before the next queued event: the events the old one purged, in
-/// sequence order, then `waiting`.
+/// Replaces `producer` after a fatal error, or after the broker refused
+/// its identity; returns the new one and what to send before the next
+/// queued event: the events the old one purged, in sequence order, then
+/// `waiting`.
 async fn renew(
     producer: BusProducer,
     stats: &DeliveryStats,
@@ -715,16 +755,23 @@ async fn renew(
         .client()
         .fatal_error()
         .map(|(code, reason)| (code.to_string(), reason))
-        .unwrap_or_default();
+        .unwrap_or_else(|| {
+            (
+                "producer refused".to_owned(),
+                "the broker refused a delivery for the producer's id or sequence (was the topic deleted and created again?)".to_owned(),
+            )
+        });
     error!(
         error = %code,
         %reason,
         in_flight = producer.in_flight_count(),
-        "Replacing the producer after a fatal error; unsent events will be sent again"
+        "Replacing the producer; unsent events will be sent again"
     );
     let producer = tokio::task::spawn_blocking(move || producer.renew(RENEW_SETTLE))
         .await
         .map_err(|e| crate::error::Error::Setting(format!("producer renewal task: {e}")))??;
+    // Refusals until now were the old producer's, which is gone.
+    stats.identity_refused.store(false, Ordering::Relaxed);
     let mut again: VecDeque<Outgoing> = stats.take_unsent().into();
     info!(
         resending = again.len(),

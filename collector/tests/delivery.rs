@@ -250,6 +250,60 @@ async fn a_fatal_producer_error_replaces_the_producer_and_loses_no_queued_event(
     assert_eq!(seqs, (1..=6).collect::<Vec<_>>(), "each once, in order");
 }
 
+/// The events topic deleted and created again under a running publisher:
+/// tansu answers the producer's next records with `ProducerFenced`, for
+/// ever (found by hand in session 21 with a running collector). The
+/// refusals are counted (and reported by a gap) and the producer is
+/// replaced, as Apache Kafka needs for a producer id it no longer knows.
+/// On tansu 0.6 the new producer's records are refused too ("Unknown broker
+/// error": its memory storage keeps the deleted topic's record-batch
+/// objects and fails to write a batch where one of them was), so this test
+/// cannot show later events arriving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_the_broker_no_longer_knows_is_replaced() {
+    let broker = TestBroker::start();
+    let topic = broker.topic("collector.recreated", 1).await;
+    let Publishing {
+        mut outbox,
+        stats,
+        task,
+        ..
+    } = publisher(&broker, &topic, &[]);
+    for i in 0..3 {
+        outbox.push(open(&format!("/srv/phi/old-{i}.json")));
+    }
+    wait_for("deliveries", &stats.delivered, 3).await;
+    broker.delete_topic(&topic).await;
+    // Events keep coming, as on a host: while the topic is missing (they
+    // wait in librdkafka's queue) and after, until the producer is
+    // replaced.
+    for i in 0..3 {
+        outbox.push(open(&format!("/srv/phi/missing-{i}.json")));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    broker.create_topic(&topic, 1).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut i = 0;
+    while stats.renewed.load(Ordering::Relaxed) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no renewal in 60 s; refused {}, delivered {}",
+            stats.refused_total.load(Ordering::Relaxed),
+            stats.delivered.load(Ordering::Relaxed)
+        );
+        outbox.push(open(&format!("/srv/phi/during-{i}.json")));
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let refused = stats.take_refused();
+    assert!(
+        refused.lost() >= 1,
+        "the refused events are counted: {refused:?}"
+    );
+    drop(outbox);
+    task.await.expect("task").expect("publisher stops");
+}
+
 /// A fatal error while the publisher flushes at the end (its outbox
 /// closed): the purged events are sent again by a new producer, not lost
 /// between the flush and the exit.
