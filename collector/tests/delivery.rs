@@ -256,9 +256,9 @@ async fn a_fatal_producer_error_replaces_the_producer_and_loses_no_queued_event(
 /// refusals are counted (and reported by a gap) and the producer is
 /// replaced, as Apache Kafka needs for a producer id it no longer knows.
 /// On tansu 0.6 the new producer's records are refused too ("Unknown broker
-/// error": its memory storage keeps the deleted topic's record-batch
-/// objects and fails to write a batch where one of them was), so this test
-/// cannot show later events arriving.
+/// error"; its log shows the memory storage failing to write record-batch
+/// objects of the partition that already exist), so this test cannot show
+/// later events arriving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_producer_the_broker_no_longer_knows_is_replaced() {
     let broker = TestBroker::start();
