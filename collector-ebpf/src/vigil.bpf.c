@@ -1559,15 +1559,21 @@ FINISH(accept4)
 
 /* Reports the bytes a traced connection moved since its last report, read
  * from the socket's own counters rather than counted per send() or recv().
- * bytes_received counts the peer's FIN as one byte (rcv_nxt moves past it):
- * it is taken off once one was received (RCV_SHUTDOWN). The totals are
+ * bytes_sent counts every retransmission again: bytes_retrans is taken off
+ * (read first, so a retransmission between the two reads makes the result
+ * at most one segment high for a moment, never low, which a later report
+ * would count again). bytes_received counts the peer's FIN as one byte
+ * (rcv_nxt moves past it): it is taken off once one was received
+ * (RCV_SHUTDOWN). The totals are
  * exchanged into the entry (write_bytes: sent, read_bytes: received), so a
  * sweep and the close racing on one entry never report the same bytes
  * twice: whichever exchanges second reports only what the first did not. */
 static __always_inline void emit_connection_rollups(struct vigil_tracked *conn,
 						    struct tcp_sock *tp)
 {
+	__u64 retransmitted = BPF_CORE_READ(tp, bytes_retrans);
 	__u64 sent = BPF_CORE_READ(tp, bytes_sent);
+	sent = sent > retransmitted ? sent - retransmitted : 0;
 	__u64 received = BPF_CORE_READ(tp, bytes_received);
 	__u8 shutdown = BPF_CORE_READ(tp, inet_conn.icsk_inet.sk.sk_shutdown);
 	if ((shutdown & RCV_SHUTDOWN_BIT) && received)
