@@ -460,3 +460,57 @@ async fn connections_still_open_at_shutdown_report_their_bytes() {
         "the open connection's bytes are reported at shutdown:\n{stderr}"
     );
 }
+
+/// A connection the client aborts with a reset (`SO_LINGER` 0, from
+/// perl) after sending 300 bytes: the server's receive roll-up is 300, not
+/// 299. Only a FIN counts as a byte in `bytes_received`, and the kernel
+/// marks the receive side shut (which the program reads as "a FIN came")
+/// only after the close it reports, so a reset takes nothing off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_reset_reports_every_byte_received() {
+    require_root();
+    let broker = TestBroker::start();
+    let topic = broker.topic("collector.reset", 1).await;
+    let watched = tempfile::tempdir().expect("watched temp dir");
+    let collector = Collector::start(broker.bootstrap(), &topic, watched.path(), &[]);
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+    let port = listener.local_addr().expect("listener address").port();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept");
+        let mut received = 0;
+        let mut buffer = [0u8; 1024];
+        // Until the reset (an error) or an end.
+        while let Ok(n) = conn.read(&mut buffer) {
+            if n == 0 {
+                break;
+            }
+            received += n;
+        }
+        received
+    });
+    let script = format!(
+        "use Socket; socket(my $s, PF_INET, SOCK_STREAM, 0) or die $!; \
+         connect($s, pack_sockaddr_in({port}, inet_aton('127.0.0.1'))) or die $!; \
+         syswrite($s, 'r' x 300) == 300 or die $!; sleep 1; \
+         setsockopt($s, SOL_SOCKET, SO_LINGER, pack('ii', 1, 0)) or die $!; close($s);"
+    );
+    let status = std::process::Command::new("perl")
+        .args(["-e", &script])
+        .status()
+        .expect("run perl");
+    assert!(status.success(), "perl client");
+    assert_eq!(server.join().expect("server thread"), 300);
+    let events = consume_until(
+        broker.bootstrap(),
+        &topic,
+        Duration::from_secs(20),
+        |events| !connection_bytes(events, port).1.is_empty(),
+    )
+    .await;
+    let stderr = collector.stop();
+    assert_eq!(
+        connection_bytes(&events, port),
+        (vec![300], vec![300]),
+        "sent by perl and received by the server, in full:\n{stderr}"
+    );
+}
