@@ -6,7 +6,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -121,14 +121,7 @@ async fn watched_activity_is_published_with_its_fields_and_unwatched_files_are_n
     std::fs::remove_file(&elsewhere).expect("unlink outside");
 
     // A TCP connection to a local listener carrying SENT bytes.
-    let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
-    let listen_port = listener.local_addr().expect("listener address").port();
-    let server = std::thread::spawn(move || {
-        let (mut conn, _) = listener.accept().expect("accept");
-        let mut received = Vec::new();
-        conn.read_to_end(&mut received).expect("receive");
-        received.len()
-    });
+    let (listen_port, server) = common::tcp_server();
     let mut client = TcpStream::connect(("127.0.0.1", listen_port)).expect("connect");
     let client_port = client.local_addr().expect("client address").port();
     client.write_all(&vec![b'z'; SENT]).expect("send");

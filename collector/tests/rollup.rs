@@ -6,10 +6,12 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{Collector, Published, bytes_of, consume_all, consume_until, require_root};
+use common::{
+    Collector, Published, bytes_of, consume_all, consume_until, require_root, tcp_server,
+};
 use vigil_schemas::testkit::TestBroker;
 use vigil_schemas::{Event, Kind};
 
@@ -329,20 +331,6 @@ async fn descriptors_past_the_tracking_table_are_reported_as_gaps() {
     assert_eq!(lost, counted, "the gaps report what the kernel counted");
 }
 
-/// A local TCP server on `port` that reads until its client closes and
-/// returns how many bytes it read.
-fn tcp_server() -> (u16, std::thread::JoinHandle<usize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
-    let port = listener.local_addr().expect("listener address").port();
-    let server = std::thread::spawn(move || {
-        let (mut conn, _) = listener.accept().expect("accept");
-        let mut received = Vec::new();
-        conn.read_to_end(&mut received).expect("receive");
-        received.len()
-    });
-    (port, server)
-}
-
 /// The byte roll-ups of the connection to `port`: the client's sends and
 /// the server's receives, in order.
 fn connection_bytes(events: &[Published], port: u16) -> (Vec<i64>, Vec<i64>) {
@@ -473,21 +461,7 @@ async fn a_connection_reset_reports_every_byte_received() {
     let topic = broker.topic("collector.reset", 1).await;
     let watched = tempfile::tempdir().expect("watched temp dir");
     let collector = Collector::start(broker.bootstrap(), &topic, watched.path(), &[]);
-    let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
-    let port = listener.local_addr().expect("listener address").port();
-    let server = std::thread::spawn(move || {
-        let (mut conn, _) = listener.accept().expect("accept");
-        let mut received = 0;
-        let mut buffer = [0u8; 1024];
-        // Until the reset (an error) or an end.
-        while let Ok(n) = conn.read(&mut buffer) {
-            if n == 0 {
-                break;
-            }
-            received += n;
-        }
-        received
-    });
+    let (port, server) = tcp_server();
     let script = format!(
         "use Socket; socket(my $s, PF_INET, SOCK_STREAM, 0) or die $!; \
          connect($s, pack_sockaddr_in({port}, inet_aton('127.0.0.1'))) or die $!; \

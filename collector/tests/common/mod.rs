@@ -142,6 +142,27 @@ pub struct Published {
 
 /// The byte counts of the `kind` roll-ups of `path` among `events`, in
 /// order.
+/// A TCP server on a free loopback port that accepts one connection and
+/// reads until its client closes or resets it; returns the port and how
+/// many bytes the server read.
+pub fn tcp_server() -> (u16, std::thread::JoinHandle<usize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    let port = listener.local_addr().expect("listener address").port();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept");
+        let mut received = 0;
+        let mut buffer = [0u8; 4096];
+        while let Ok(n) = std::io::Read::read(&mut conn, &mut buffer) {
+            if n == 0 {
+                break;
+            }
+            received += n;
+        }
+        received
+    });
+    (port, server)
+}
+
 pub fn bytes_of(events: &[Published], kind: vigil_schemas::Kind, path: &str) -> Vec<i64> {
     events
         .iter()
