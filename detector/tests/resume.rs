@@ -52,6 +52,34 @@ fn events(offsets: Range<i64>) -> Vec<Event> {
         .collect()
 }
 
+/// Reads the audit topic until `expected` records came and then 1 s
+/// passed without more (or 60 s in all), stops the detector and returns
+/// its counters and what was read.
+async fn audit_then_stop(
+    broker: &TestBroker,
+    topics: &common::Topics,
+    expected: usize,
+    (stop, running): (
+        tokio_util::sync::CancellationToken,
+        tokio::task::JoinHandle<vigil_detector::Result<Counters>>,
+    ),
+) -> (Counters, Vec<rdkafka::message::OwnedMessage>) {
+    let audit = read_topic(
+        broker,
+        &topics.audit,
+        expected,
+        Duration::from_secs(1),
+        Duration::from_secs(60),
+    )
+    .await;
+    stop.cancel();
+    let counters = running
+        .await
+        .expect("task")
+        .expect("detector stops cleanly");
+    (counters, audit)
+}
+
 /// Publishes offsets `0..ends[0]` as one record batch, then
 /// `ends[0]..ends[1]` as another, and so on, starts a detector whose
 /// state says offsets below `stored` were processed, publishes `later` once
@@ -93,23 +121,12 @@ async fn resume(
         })
         .expect("store the offset");
     let config = common::config(broker, &topics, state.path(), rules.path());
-    let (stop, running) = common::spawn_detector(config, "detector starts").await;
+    let detector = common::spawn_detector(config, "detector starts").await;
     tokio::time::sleep(idle).await;
     produce_with(&producer, &topics.events, &events(later.clone())).await;
     let end = later.end.max(start);
-    let audit = read_topic(
-        broker,
-        &topics.audit,
-        (end - stored) as usize,
-        Duration::from_secs(1),
-        Duration::from_secs(60),
-    )
-    .await;
-    stop.cancel();
-    let counters = running
-        .await
-        .expect("task")
-        .expect("detector stops cleanly");
+    let (counters, audit) =
+        audit_then_stop(broker, &topics, (end - stored) as usize, detector).await;
     let sources: Vec<i64> = audit
         .iter()
         .map(|m| {
@@ -209,20 +226,8 @@ async fn with_resume_exact_a_partition_without_state_is_read_from_its_beginning(
     );
     drop(group);
 
-    let (stop, running) = common::spawn_detector(config, "detector starts").await;
-    let audit = read_topic(
-        &broker,
-        &topics.audit,
-        300,
-        Duration::from_secs(1),
-        Duration::from_secs(60),
-    )
-    .await;
-    stop.cancel();
-    let counters = running
-        .await
-        .expect("task")
-        .expect("detector stops cleanly");
+    let detector = common::spawn_detector(config, "detector starts").await;
+    let (counters, audit) = audit_then_stop(&broker, &topics, 300, detector).await;
     assert_eq!(
         (audit.len(), counters.events),
         (300, 300),
@@ -308,39 +313,15 @@ async fn recreated(again: i64) -> (Counters, Vec<AuditRecord>) {
     // topic, and the broker refuses them for the new one.
     common::produce_events(&broker, &topics.events, &events(0..300)).await;
     let config = common::config(&broker, &topics, state.path(), rules.path());
-    let (stop, running) = common::spawn_detector(config.clone(), "detector starts").await;
-    let first = read_topic(
-        &broker,
-        &topics.audit,
-        300,
-        Duration::from_millis(500),
-        Duration::from_secs(60),
-    )
-    .await;
+    let detector = common::spawn_detector(config.clone(), "detector starts").await;
+    let (_, first) = audit_then_stop(&broker, &topics, 300, detector).await;
     assert_eq!(first.len(), 300, "the old topic's events are audited");
-    stop.cancel();
-    running
-        .await
-        .expect("task")
-        .expect("detector stops cleanly");
 
     broker.delete_topic(&topics.events).await;
     broker.create_topic(&topics.events, 1).await;
     common::produce_events(&broker, &topics.events, &events(1000..1000 + again)).await;
-    let (stop, running) = common::spawn_detector(config, "detector starts again").await;
-    let audit = read_topic(
-        &broker,
-        &topics.audit,
-        301 + again as usize,
-        Duration::from_secs(1),
-        Duration::from_secs(60),
-    )
-    .await;
-    stop.cancel();
-    let counters = running
-        .await
-        .expect("task")
-        .expect("detector stops cleanly");
+    let detector = common::spawn_detector(config, "detector starts again").await;
+    let (counters, audit) = audit_then_stop(&broker, &topics, 301 + again as usize, detector).await;
     let mut records: Vec<(i64, AuditRecord)> = audit
         .iter()
         .map(|m| {
