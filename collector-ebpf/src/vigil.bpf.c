@@ -1611,6 +1611,13 @@ static long sweep_connection(struct bpf_map *map, __u64 *key, struct vigil_track
 	if (BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_CLOSE_STATE ||
 	    BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
+	/* The ring buffer half full (thousands of busy connections, and the
+	 * reader cannot drain it while this runs): stop here. The bytes not
+	 * reported stay in the sockets' counters for the next sweep or the
+	 * close, where a full ring buffer would drop records. */
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) * 2 >
+	    bpf_ringbuf_query(&events, BPF_RB_RING_SIZE))
+		return 1;
 	emit_connection_rollups(conn, (struct tcp_sock *)sk);
 	return 0;
 }
