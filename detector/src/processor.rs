@@ -211,9 +211,11 @@ pub struct Processor {
     /// Events further ahead of the detector's clock are dead-lettered;
     /// see [`Processor::with_clock_check`].
     max_ahead: Option<Duration>,
-    /// Audit records of recreated events partitions (see
-    /// [`Processor::restart_source`]), published with the next batch.
-    restarts: Vec<AuditRecord>,
+    /// Recreated events partitions, with why and when (see
+    /// [`Processor::restart_source`]): their gap records are made and
+    /// published with the next batch, not before, so that no checkpoint
+    /// writes a chain head whose record was never published.
+    restarts: Vec<(i32, String, i64)>,
 }
 
 impl Processor {
@@ -361,28 +363,39 @@ impl Processor {
     /// Its chain must be open; its offsets and baselines already written
     /// (see `Pipeline::restart_partition`).
     pub fn restart_source(&mut self, partition: i32, why: &str, now_ns: i64) {
-        let gap = Event {
-            event_id: format!("events-recreated-{partition}-{now_ns}"),
-            time_unix_ns: now_ns,
-            kind: Kind::Gap,
-            gap: Some(Gap {
-                lost: -1,
-                lost_kind: None,
-                first_seq: -1,
-                last_seq: -1,
-                reason: format!("events_topic_recreated: {}", bounded(why, 512)),
-            }),
-            ..Event::default()
-        };
-        let record = self.chains.restart_source(
-            partition,
-            &gap,
-            "vigil-detector",
-            &self.events_topic,
-            now_ns,
-        );
-        self.restarts.push(record);
+        self.restarts.push((partition, why.to_owned(), now_ns));
         self.deferred_offsets.remove(&partition);
+    }
+
+    /// The gap records of the partitions restarted since the last batch,
+    /// appended to their chains.
+    fn restart_records(&mut self) -> Vec<AuditRecord> {
+        let restarts = std::mem::take(&mut self.restarts);
+        restarts
+            .into_iter()
+            .map(|(partition, why, now_ns)| {
+                let gap = Event {
+                    event_id: format!("events-recreated-{partition}-{now_ns}"),
+                    time_unix_ns: now_ns,
+                    kind: Kind::Gap,
+                    gap: Some(Gap {
+                        lost: -1,
+                        lost_kind: None,
+                        first_seq: -1,
+                        last_seq: -1,
+                        reason: format!("events_topic_recreated: {}", bounded(&why, 512)),
+                    }),
+                    ..Event::default()
+                };
+                self.chains.restart_source(
+                    partition,
+                    &gap,
+                    "vigil-detector",
+                    &self.events_topic,
+                    now_ns,
+                )
+            })
+            .collect()
     }
 
     /// Forgets caches and chain heads after partitions were revoked.
@@ -391,7 +404,7 @@ impl Processor {
         self.chains.clear();
         self.opened.clear();
         self.deferred_offsets.clear();
-        // Unwritten, so the next owner sees the recreation again.
+        // Not in the state, so the next owner sees the recreation again.
         self.restarts.clear();
     }
 
@@ -541,7 +554,9 @@ impl Processor {
             next_offsets,
             now_ns,
         } = detected;
-        output.audit.append(&mut self.restarts);
+        let mut audit = self.restart_records();
+        audit.append(&mut output.audit);
+        output.audit = audit;
         for item in &to_audit {
             let (partition, offset, event, principal) = match item {
                 ToAudit::Row(i) => {

@@ -221,3 +221,52 @@ async fn findings_come_from_detect_and_audit_records_from_finish() {
         "the same audit records, byte for byte"
     );
 }
+
+/// A recreated events partition's gap record is made with the next batch
+/// and published with it: a checkpoint in between (at a rebalance, say)
+/// must not write the chain head of a record that was never published,
+/// or the chain on the audit topic would miss it after a crash.
+#[tokio::test]
+async fn a_restart_gap_enters_the_chain_with_the_next_batch_not_at_a_checkpoint() {
+    let dir = tempfile::tempdir().expect("state dir");
+    let store = Arc::new(RocksStore::open(dir.path()).expect("rocksdb"));
+    let mut processor = processor(store.clone(), Duration::from_secs(3600));
+    let output = processor
+        .process(inputs(&[(0, 7), (0, 8)]), MONDAY)
+        .await
+        .expect("processes");
+    processor.commit(output.state).expect("commit");
+
+    processor.restart_source(0, "test", MONDAY);
+    let checkpoint = processor.checkpoint();
+    assert!(
+        checkpoint.chain_heads.is_empty(),
+        "no head before its record is published: {:?}",
+        checkpoint.chain_heads
+    );
+    processor.commit(checkpoint).expect("commit checkpoint");
+
+    let output = processor
+        .process(inputs(&[(0, 0)]), MONDAY)
+        .await
+        .expect("processes");
+    let chain: Vec<(i64, i64, String)> = output
+        .audit
+        .iter()
+        .map(|r| (r.seq, r.source_offset, r.action.clone()))
+        .collect();
+    assert_eq!(
+        chain,
+        vec![(2, -1, "gap".to_owned()), (3, 0, "open".to_owned())],
+        "the gap, then offset 0 of the new partition, on the same chain"
+    );
+    assert_eq!(
+        output
+            .state
+            .chain_heads
+            .iter()
+            .map(|(p, h)| (*p, h.seq))
+            .collect::<Vec<_>>(),
+        vec![(0, 3)]
+    );
+}
