@@ -28,8 +28,9 @@
 //! So is a producer whose identity the broker refuses without librdkafka
 //! calling it fatal (`ProducerFenced`, an unknown producer id, a sequence
 //! out of order: an events topic deleted and created again does this).
-//! The refused events are reported; the new producer's id lets the next
-//! ones through.
+//! The refused events are reported; on Apache Kafka the new producer's id
+//! lets the next ones through (tansu 0.6 refuses the new one too; see
+//! docs/collector.md).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
