@@ -183,6 +183,19 @@ impl RocksStore {
             source: Box::new(e),
         })
     }
+
+    /// An 8-byte big-endian value of the offsets family; `context` and
+    /// `what` name it in the error when the stored bytes are not 8.
+    fn get_i64(&self, key: &[u8], context: &str, what: &str) -> Result<Option<i64>> {
+        self.get(CF_OFFSETS, key)?
+            .map(|bytes| {
+                be_i64(&bytes).ok_or_else(|| Error::State {
+                    context: context.to_owned(),
+                    source: format!("{} bytes where an 8-byte {what} belongs", bytes.len()).into(),
+                })
+            })
+            .transpose()
+    }
 }
 
 fn be_i64(bytes: &[u8]) -> Option<i64> {
@@ -219,25 +232,19 @@ impl StateStore for RocksStore {
     }
 
     fn offset(&self, topic: &str, partition: i32) -> Result<Option<i64>> {
-        self.get(CF_OFFSETS, &offset_key(topic, partition))?
-            .map(|bytes| {
-                be_i64(&bytes).ok_or_else(|| Error::State {
-                    context: format!("stored offset of {topic}/{partition}"),
-                    source: format!("{} bytes where an 8-byte offset belongs", bytes.len()).into(),
-                })
-            })
-            .transpose()
+        self.get_i64(
+            &offset_key(topic, partition),
+            &format!("stored offset of {topic}/{partition}"),
+            "offset",
+        )
     }
 
     fn newest(&self, topic: &str, partition: i32) -> Result<Option<i64>> {
-        self.get(CF_OFFSETS, &newest_key(topic, partition))?
-            .map(|bytes| {
-                be_i64(&bytes).ok_or_else(|| Error::State {
-                    context: format!("stored newest timestamp of {topic}/{partition}"),
-                    source: format!("{} bytes where an 8-byte time belongs", bytes.len()).into(),
-                })
-            })
-            .transpose()
+        self.get_i64(
+            &newest_key(topic, partition),
+            &format!("stored newest timestamp of {topic}/{partition}"),
+            "time",
+        )
     }
 
     fn chain_head(&self, partition: i32) -> Result<Option<ChainHead>> {
