@@ -15,9 +15,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication, TopicResult};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::error::KafkaResult;
 use rdkafka::producer::FutureProducer;
 
 use crate::bus;
@@ -298,41 +299,31 @@ impl TestBroker {
 
     /// Creates a topic with the given partition count.
     pub async fn create_topic(&self, name: &str, partitions: i32) {
-        let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
-            .create()
-            .expect("create an admin client");
         let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
-        let results = admin
-            .create_topics(
-                [&topic],
-                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("create topic {name}: {e}; broker log:\n{}", self.log()));
-        for result in results {
-            if let Err((topic, code)) = result {
-                panic!("create topic {topic}: {code}; broker log:\n{}", self.log());
-            }
-        }
+        let results = self.admin().create_topics([&topic], &admin_options()).await;
+        self.check_admin("create", name, results);
     }
 
     /// Deletes a topic and its records.
     pub async fn delete_topic(&self, name: &str) {
-        let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        let results = self.admin().delete_topics(&[name], &admin_options()).await;
+        self.check_admin("delete", name, results);
+    }
+
+    fn admin(&self) -> AdminClient<DefaultClientContext> {
+        rdkafka::ClientConfig::new()
             .set("bootstrap.servers", &self.bootstrap)
             .create()
-            .expect("create an admin client");
-        let results = admin
-            .delete_topics(
-                &[name],
-                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("delete topic {name}: {e}; broker log:\n{}", self.log()));
+            .expect("create an admin client")
+    }
+
+    /// Panics, with the broker's log, unless every topic's `verb` worked.
+    fn check_admin(&self, verb: &str, name: &str, results: KafkaResult<Vec<TopicResult>>) {
+        let results = results
+            .unwrap_or_else(|e| panic!("{verb} topic {name}: {e}; broker log:\n{}", self.log()));
         for result in results {
             if let Err((topic, code)) = result {
-                panic!("delete topic {topic}: {code}; broker log:\n{}", self.log());
+                panic!("{verb} topic {topic}: {code}; broker log:\n{}", self.log());
             }
         }
     }
@@ -356,6 +347,11 @@ impl Drop for TestBroker {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Admin requests wait up to 10 s for the broker.
+fn admin_options() -> AdminOptions {
+    AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)))
 }
 
 /// A PHI file event of a human session: `user` (uid 1000) on host
