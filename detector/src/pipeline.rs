@@ -104,6 +104,14 @@ struct Resume {
     unreadable: Option<Error>,
 }
 
+/// The shared [`Resume`], also after a thread panicked holding it (its
+/// maps stay usable).
+fn lock_resume(resume: &Mutex<Resume>) -> std::sync::MutexGuard<'_, Resume> {
+    resume
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// What a consumed record that [`Pipeline::accept`] did not take says
 /// about its partition.
 #[derive(Debug)]
@@ -142,10 +150,7 @@ impl ConsumerContext for DetectorContext {
                     .iter()
                     .map(|e| (e.topic().to_owned(), e.partition()))
                     .collect();
-                let mut resume = self
-                    .resume
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                let mut resume = lock_resume(&self.resume);
                 resume.skip_below.clear();
                 resume.accepted.clear();
                 resume.newest.clear();
@@ -208,11 +213,7 @@ impl ConsumerContext for DetectorContext {
                 tracing::info!(?revoked, "Partitions revoked");
                 self.revoked.store(true, Ordering::SeqCst);
                 // Nothing to probe (or seek) until the next assignment.
-                self.resume
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .probing
-                    .clear();
+                lock_resume(&self.resume).probing.clear();
                 if let Err(e) = consumer.unassign() {
                     tracing::error!(error = %e, "Unassigning partitions");
                 }
@@ -927,9 +928,7 @@ impl Pipeline {
         let partition = message.partition();
         let offset = message.offset();
         let time_ms = message.timestamp().to_millis();
-        let mut resume = resume
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut resume = lock_resume(resume);
         let first = resume.probing.remove(&partition).is_some();
         let stored = resume.skip_below.get(&partition).copied();
         if let Some(stored) = stored
@@ -966,8 +965,8 @@ impl Pipeline {
         }
         drop(resume);
         pending.push(Input {
-            partition: message.partition(),
-            offset: message.offset(),
+            partition,
+            offset,
             key: message.key().map(<[u8]>::to_vec),
             payload: message.payload().map(<[u8]>::to_vec),
         });
@@ -1012,12 +1011,7 @@ impl Pipeline {
     /// the detector stops on it rather than read that partition from its
     /// beginning (see [`Resume::unreadable`]).
     fn stop_on_unreadable_offset(&self) -> Result<()> {
-        let unreadable = self
-            .resume
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .unreadable
-            .take();
+        let unreadable = lock_resume(&self.resume).unreadable.take();
         unreadable.map_or(Ok(()), Err)
     }
 
@@ -1026,10 +1020,7 @@ impl Pipeline {
     /// [`Resume`]; with `resume_exact` no partition is probed).
     async fn reread_stalled_partitions(&mut self) {
         let stalled: Vec<(i32, Option<i64>)> = {
-            let mut resume = self
-                .resume
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut resume = lock_resume(&self.resume);
             let stalled: Vec<i32> = resume
                 .probing
                 .iter()
@@ -1071,9 +1062,7 @@ impl Pipeline {
                         %error,
                         "Cannot read the partition again yet; trying again"
                     );
-                    self.resume
-                        .lock()
-                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    lock_resume(&self.resume)
                         .probing
                         .insert(partition, Instant::now());
                 }
@@ -1128,10 +1117,7 @@ impl Pipeline {
             // that write: records up to what was just written are already
             // in the state and must not be processed again, neither those
             // still to come nor those consumed since the assignment.
-            let mut resume = self
-                .resume
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut resume = lock_resume(&self.resume);
             for (&partition, &next) in &self.written {
                 resume
                     .skip_below
@@ -1215,10 +1201,7 @@ impl Pipeline {
     /// The newest record timestamps of `partitions`, to store with a batch
     /// (see [`Resume::newest`]).
     fn newest_of(&self, partitions: &HashSet<i32>) -> Vec<(String, i32, i64)> {
-        let resume = self
-            .resume
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let resume = lock_resume(&self.resume);
         partitions
             .iter()
             .filter_map(|p| {
@@ -1254,10 +1237,7 @@ impl Pipeline {
             now_unix_ns(),
         );
         self.written.remove(&partition);
-        let mut resume = self
-            .resume
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut resume = lock_resume(&self.resume);
         resume.skip_below.remove(&partition);
         resume.accepted.remove(&partition);
         resume.newest.remove(&partition);
