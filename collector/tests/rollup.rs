@@ -150,26 +150,12 @@ async fn files_still_open_at_shutdown_report_their_bytes() {
     );
     let path = watched.path().join("held-open.log");
     let path_s = path.to_str().expect("utf-8").to_owned();
-    let marker = watched.path().join("marker.txt");
-    let marker_s = marker.to_str().expect("utf-8").to_owned();
 
     let mut file = std::fs::File::create(&path).expect("create");
     file.write_all(&[b'a'; 70]).expect("write");
-    std::fs::write(&marker, b"m").expect("write the marker");
     // Once the marker's write is on the bus, the collector has seen the
     // held file's write too; nothing reports it while the file is open.
-    let before = consume_until(
-        broker.bootstrap(),
-        &topic,
-        Duration::from_secs(20),
-        |events| !bytes_of(events, Kind::Write, &marker_s).is_empty(),
-    )
-    .await;
-    assert!(
-        !bytes_of(&before, Kind::Write, &marker_s).is_empty(),
-        "the marker arrives:\n{}",
-        collector.stderr()
-    );
+    let before = after_a_marker(&broker, &topic, watched.path(), &collector).await;
     assert_eq!(bytes_of(&before, Kind::Write, &path_s), Vec::<i64>::new());
 
     let stderr = collector.stop();
@@ -331,6 +317,32 @@ async fn descriptors_past_the_tracking_table_are_reported_as_gaps() {
     assert_eq!(lost, counted, "the gaps report what the kernel counted");
 }
 
+/// Writes a marker file in the watched `dir` and returns what is on the
+/// topic once its write is: everything the collector saw before it.
+async fn after_a_marker(
+    broker: &TestBroker,
+    topic: &str,
+    dir: &std::path::Path,
+    collector: &Collector,
+) -> Vec<Published> {
+    let marker = dir.join("marker.txt");
+    let marker_s = marker.to_str().expect("utf-8").to_owned();
+    std::fs::write(&marker, b"m").expect("write the marker");
+    let before = consume_until(
+        broker.bootstrap(),
+        topic,
+        Duration::from_secs(20),
+        |events| !bytes_of(events, Kind::Write, &marker_s).is_empty(),
+    )
+    .await;
+    assert!(
+        !bytes_of(&before, Kind::Write, &marker_s).is_empty(),
+        "the marker arrives:\n{}",
+        collector.stderr()
+    );
+    before
+}
+
 /// The byte roll-ups of the connection to `port`: the client's sends and
 /// the server's receives, in order.
 fn connection_bytes(events: &[Published], port: u16) -> (Vec<i64>, Vec<i64>) {
@@ -414,24 +426,10 @@ async fn connections_still_open_at_shutdown_report_their_bytes() {
         watched.path(),
         &["--rollup-interval", "1h"],
     );
-    let marker = watched.path().join("marker.txt");
-    let marker_s = marker.to_str().expect("utf-8").to_owned();
     let (port, server) = tcp_server();
     let mut client = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     client.write_all(&[b'a'; 700]).expect("send");
-    std::fs::write(&marker, b"m").expect("write the marker");
-    let before = consume_until(
-        broker.bootstrap(),
-        &topic,
-        Duration::from_secs(20),
-        |events| !bytes_of(events, Kind::Write, &marker_s).is_empty(),
-    )
-    .await;
-    assert!(
-        !bytes_of(&before, Kind::Write, &marker_s).is_empty(),
-        "the marker arrives:\n{}",
-        collector.stderr()
-    );
+    let before = after_a_marker(&broker, &topic, watched.path(), &collector).await;
     assert_eq!(
         connection_bytes(&before, port),
         (vec![], vec![]),
