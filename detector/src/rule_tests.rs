@@ -164,10 +164,6 @@ pub struct TestOutcome {
     pub detail: String,
 }
 
-fn kind_of(name: &str) -> Option<Kind> {
-    Kind::ALL.into_iter().find(|k| k.as_str() == name)
-}
-
 fn parse_time(text: &str) -> std::result::Result<i64, String> {
     let time = humantime::parse_rfc3339(text).map_err(|e| format!("`{text}`: {e}"))?;
     time.duration_since(std::time::UNIX_EPOCH)
@@ -181,7 +177,7 @@ fn event_from(
     time: i64,
     seq: i64,
 ) -> std::result::Result<Event, String> {
-    let kind = kind_of(&group.kind).ok_or_else(|| format!("unknown kind `{}`", group.kind))?;
+    let kind = Kind::named(&group.kind).ok_or_else(|| format!("unknown kind `{}`", group.kind))?;
     let fill = |s: &Option<String>| s.as_ref().map(|s| s.replace("{i}", &i.to_string()));
     let login_uid = group.login_uid.or(group.login_name.as_ref().map(|_| 1000));
     let uid = group.uid.or(login_uid).unwrap_or(1000);

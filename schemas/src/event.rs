@@ -74,6 +74,11 @@ impl Kind {
         )
     }
 
+    /// The kind whose [`Kind::as_str`] is `name`, if any.
+    pub fn named(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
     /// The Avro symbol, as analysts write it in SQL (`kind = 'open'`).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -231,5 +236,13 @@ mod tests {
             let json = serde_json::to_string(&kind).expect("kind serializes");
             assert_eq!(json, format!("\"{}\"", kind.as_str()), "{kind:?}");
         }
+    }
+
+    #[test]
+    fn every_kind_is_found_by_its_name() {
+        for kind in Kind::ALL {
+            assert_eq!(Kind::named(kind.as_str()), Some(kind));
+        }
+        assert_eq!(Kind::named("Open"), None, "names are lower case");
     }
 }
