@@ -288,6 +288,7 @@ fn report_refused(deliveries: &publish::DeliveryStats, outbox: &mut Outbox) {
         first_seq = refused.first_seq,
         last_seq = refused.last_seq,
         gaps_lost = refused.gaps,
+        carried_from_gaps = refused.carried,
         error = %refused.error,
         reason = publish::DELIVERY_FAILED,
         "Events refused for good by librdkafka or the broker (check the topic and the broker's log)"

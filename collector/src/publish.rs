@@ -15,7 +15,9 @@
 //! it. When librdkafka's own queue is full it waits: the backlog then grows
 //! in the channel, where it is reported. Events refused for good (a topic
 //! that does not exist, a record the broker will not take) are collected in
-//! [`DeliveryStats`] and reported by a `delivery_failed` gap event.
+//! [`DeliveryStats`] and reported by a `delivery_failed` gap event. A
+//! refused gap event's losses are carried into the next such gap, so they
+//! are reported once the topic takes events again.
 //!
 //! A *fatal* producer error (the idempotent producer's sequence broke, for
 //! instance because the broker lost records it had acknowledged) leaves a
@@ -108,10 +110,8 @@ impl DeliveryStats {
     /// Keeps an event a producer purged from its queue, to send it again.
     fn purged(&self, key: Option<&[u8]>, payload: Option<&[u8]>) {
         self.purged.fetch_add(1, Ordering::Relaxed);
-        let (seq, kind) = seq_and_kind(payload);
         let outgoing = Outgoing {
-            seq,
-            kind,
+            seq: decoded(payload).map_or(0, |event| event.seq),
             key: key.unwrap_or_default().to_vec(),
             payload: payload.unwrap_or_default().to_vec(),
         };
@@ -125,10 +125,20 @@ impl DeliveryStats {
         unsent
     }
 
-    /// Records an event refused for good.
-    fn refused(&self, seq: i64, kind: Kind, error: &KafkaError) {
+    /// Records an event refused for good, from its encoded payload, and
+    /// the losses it reported if it was a gap event.
+    fn refused(&self, payload: Option<&[u8]>, error: &KafkaError) {
         self.refused_total.fetch_add(1, Ordering::Relaxed);
-        lock(&self.refused).add(seq, kind, error);
+        let mut refused = lock(&self.refused);
+        match decoded(payload) {
+            Some(event) => {
+                refused.add(event.seq, event.kind, error);
+                if let Some(gap) = &event.gap {
+                    refused.carry(gap);
+                }
+            }
+            None => refused.add(0, Kind::Unknown, error),
+        }
     }
 
     /// The refused events since the last call, to report.
@@ -156,14 +166,10 @@ fn refuses_the_producer(error: &KafkaError) -> bool {
     )
 }
 
-/// The sequence number and kind of an encoded event, from a delivery
-/// report, where only the payload is at hand (0 and unknown if it does not
-/// decode).
-fn seq_and_kind(payload: Option<&[u8]>) -> (i64, Kind) {
-    match payload.map(vigil_schemas::decode::<Event>) {
-        Some(Ok(event)) => (event.seq, event.kind),
-        _ => (0, Kind::Unknown),
-    }
+/// The event in a delivery report, where only the payload is at hand
+/// (`None` if it does not decode).
+fn decoded(payload: Option<&[u8]>) -> Option<Event> {
+    payload.and_then(|payload| vigil_schemas::decode::<Event>(payload).ok())
 }
 
 /// Locks `mutex`; a panic elsewhere while it was held leaves counters that
@@ -174,11 +180,11 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// An event encoded for the bus, with what a refusal report needs.
+/// An event encoded for the bus, with its sequence number (purged events
+/// are sent again in order).
 #[derive(Debug)]
 struct Outgoing {
     seq: i64,
-    kind: Kind,
     key: Vec<u8>,
     payload: Vec<u8>,
 }
@@ -187,7 +193,6 @@ impl Outgoing {
     fn new(event: &Event) -> Outgoing {
         Outgoing {
             seq: event.seq,
-            kind: event.kind,
             key: event.principal().into_bytes(),
             payload: vigil_schemas::encode(event),
         }
@@ -203,18 +208,29 @@ fn lowest_known(a: i64, b: i64) -> i64 {
     }
 }
 
+/// The kind under which [`Refused`] counts the losses of a refused gap
+/// event that reported several kinds.
+pub const SEVERAL_KINDS: &str = "several";
+
 /// Events refused for good and not yet reported.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Refused {
-    /// Events lost, by kind; gap events are counted in `gaps` instead.
+    /// Events lost, by kind: the refused events other than gap events, and
+    /// the losses that refused gap events were reporting (under their
+    /// `lost_kind`, or [`SEVERAL_KINDS`]).
     pub kinds: BTreeMap<&'static str, i64>,
-    /// The lowest and highest sequence numbers among them (0 when unknown).
+    /// The lowest and highest sequence numbers among them (0 when unknown);
+    /// a refused gap's losses count from the one after its `first_seq`.
     pub first_seq: i64,
     pub last_seq: i64,
-    /// Gap events refused too. They are logged, not reported by another
-    /// gap, so a topic that refuses everything does not breed a gap per
-    /// report.
+    /// Gap events refused. Their losses are carried into the next
+    /// `delivery_failed` gap, so a loss is reported once the topic takes
+    /// events again; while it refuses everything that makes one gap per
+    /// report, not one per refused gap.
     pub gaps: u64,
+    /// Of `lost()`, the losses carried over from refused gap events (they
+    /// may have been logged before, under an earlier report).
+    pub carried: i64,
     /// The last refusal's error.
     pub error: String,
 }
@@ -236,6 +252,31 @@ impl Refused {
         self.last_seq = self.last_seq.max(seq);
     }
 
+    /// Adds the losses a refused gap event reported: they happened after
+    /// its `first_seq` and before its own number.
+    fn carry(&mut self, gap: &Gap) {
+        if gap.lost <= 0 {
+            return;
+        }
+        let kind = gap
+            .lost_kind
+            .as_deref()
+            .and_then(Kind::named)
+            .map_or(SEVERAL_KINDS, Kind::as_str);
+        *self.kinds.entry(kind).or_default() += gap.lost;
+        self.carried += gap.lost;
+        self.first_seq = lowest_known(self.first_seq, gap.first_seq + 1);
+        self.last_seq = self.last_seq.max(gap.last_seq);
+    }
+
+    /// The kind of every loss, when there is only one.
+    fn lost_kind(&self) -> Option<String> {
+        match self.kinds.keys().collect::<Vec<_>>()[..] {
+            [kind] if *kind != SEVERAL_KINDS => Some((*kind).to_owned()),
+            _ => None,
+        }
+    }
+
     fn merge(&mut self, other: Refused) {
         for (kind, count) in other.kinds {
             *self.kinds.entry(kind).or_default() += count;
@@ -243,6 +284,7 @@ impl Refused {
         self.first_seq = lowest_known(self.first_seq, other.first_seq);
         self.last_seq = self.last_seq.max(other.last_seq);
         self.gaps += other.gaps;
+        self.carried += other.carried;
         if !other.error.is_empty() {
             self.error = other.error;
         }
@@ -290,8 +332,7 @@ impl ProducerContext for Deliveries {
             // refused event would flood the log when a topic refuses all.
             Err((error, message)) => {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                let (seq, kind) = seq_and_kind(message.payload());
-                self.stats.refused(seq, kind, error);
+                self.stats.refused(message.payload(), error);
                 if refuses_the_producer(error) {
                     self.stats.identity_refused.store(true, Ordering::Relaxed);
                     self.stats.errors.notify_one();
@@ -533,11 +574,8 @@ impl Outbox {
     /// Queues gap events for losses not yet reported, while there is room.
     pub fn report_losses(&mut self) {
         if let Some(refused) = self.refused.take() {
-            let lost_kind = (refused.kinds.len() == 1)
-                .then(|| refused.kinds.keys().next().map(|k| (*k).to_owned()))
-                .flatten();
             let after = (refused.first_seq - 1).max(0);
-            let gap = self.gap(refused.lost(), lost_kind, after, DELIVERY_FAILED);
+            let gap = self.gap(refused.lost(), refused.lost_kind(), after, DELIVERY_FAILED);
             if !self.try_queue(gap) {
                 self.refused = Some(refused);
                 return;
@@ -861,7 +899,7 @@ impl Sender {
                 // Refused for good (a record librdkafka will not take):
                 // reported with the refused deliveries.
                 Err((error, _)) => {
-                    stats.refused(outgoing.seq, outgoing.kind, &error);
+                    stats.refused(Some(&outgoing.payload), &error);
                     return Sent::Done;
                 }
             }
@@ -1005,6 +1043,50 @@ mod tests {
         let gap = rx.try_recv().expect("gap").gap.expect("detail");
         assert_eq!((gap.lost, gap.lost_kind, gap.first_seq), (2, None, 0));
         assert!(gap.reason == DELIVERY_FAILED && rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn the_losses_of_a_refused_gap_are_reported_by_the_next() {
+        let (outbox, _rx) = Outbox::new("h".into(), 8);
+        let gap_event = |lost: i64, lost_kind: Option<&str>, after: i64, seq: i64| {
+            let mut e = outbox.gap(lost, lost_kind.map(str::to_owned), after, "x");
+            e.seq = seq;
+            e.gap.as_mut().expect("detail").last_seq = seq;
+            vigil_schemas::encode(&e)
+        };
+        let mut open = event(Kind::Open);
+        open.seq = 12;
+        let open = vigil_schemas::encode(&open);
+        let refused_error = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
+        let stats = DeliveryStats::default();
+        stats.refused(Some(&gap_event(7, Some("read"), 3, 9)), &refused_error);
+        stats.refused(Some(&open), &refused_error);
+        stats.refused(Some(&gap_event(0, None, 0, 1)), &refused_error);
+        let refused = stats.take_refused();
+        assert_eq!(
+            (
+                refused.lost(),
+                refused.gaps,
+                refused.first_seq,
+                refused.last_seq
+            ),
+            (8, 2, 4, 12),
+            "seven reads after seq 3 and the open; a restart gap carries nothing: {refused:?}"
+        );
+        assert_eq!(refused.lost_kind(), None, "{refused:?}");
+        assert_eq!(refused.carried, 7, "{refused:?}");
+
+        stats.refused(Some(&gap_event(5, None, 20, 26)), &refused_error);
+        let several = stats.take_refused();
+        assert_eq!(several.kinds.get(SEVERAL_KINDS), Some(&5), "{several:?}");
+        assert_eq!(several.lost_kind(), None, "several kinds stay unnamed");
+
+        stats.refused(Some(&gap_event(4, Some("exec"), 30, 31)), &refused_error);
+        let one = stats.take_refused();
+        assert_eq!(
+            (one.lost_kind().as_deref(), one.first_seq),
+            (Some("exec"), 31)
+        );
     }
 
     #[test]

@@ -180,6 +180,73 @@ async fn events_for_a_topic_the_broker_does_not_have_are_refused_with_their_sequ
     publishing.await.expect("task").expect("publisher");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_losses_a_refused_gap_reported_arrive_with_the_next_gap() {
+    let broker = TestBroker::start();
+    let topic = "collector.created-late";
+    let Publishing {
+        mut outbox,
+        stats,
+        task: publishing,
+        ..
+    } = publisher(
+        &broker,
+        topic,
+        &[
+            ("topic.metadata.propagation.max.ms", "200"),
+            ("topic.metadata.refresh.interval.ms", "200"),
+        ],
+    );
+    for i in 0..3 {
+        outbox.push(open(&format!("/srv/phi/{i}.json")));
+    }
+    wait_refused(&stats, 3).await;
+    outbox.refused(stats.take_refused());
+    wait_refused(&stats, 4).await;
+    let refused = stats.take_refused();
+    assert_eq!(
+        (refused.gaps, refused.lost(), refused.first_seq),
+        (1, 3, 1),
+        "the gap for the three opens was refused too, and carries them: {refused:?}"
+    );
+
+    broker.create_topic(topic, 1).await;
+    outbox.refused(refused);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while stats.delivered.load(Ordering::Relaxed) == 0 {
+        // A gap sent before librdkafka saw the new topic is refused too,
+        // and its losses are carried into the next report's gap.
+        outbox.refused(stats.take_refused());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing delivered to the created topic in 30 s: {:?}",
+            stats.take_refused()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    outbox.push(open("/srv/phi/after.json"));
+    drop(outbox);
+    publishing.await.expect("task").expect("publisher");
+
+    let events = consume_all(broker.bootstrap(), topic, Duration::from_secs(3)).await;
+    let gap = events
+        .iter()
+        .find_map(|p| p.event.gap.clone())
+        .expect("a gap arrived");
+    assert_eq!(gap.reason, DELIVERY_FAILED);
+    assert_eq!(
+        (gap.lost, gap.first_seq),
+        (3, 0),
+        "the three opens lost after seq 0 are reported once the topic takes events: {gap:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|p| p.event.path.as_deref() == Some("/srv/phi/after.json")),
+        "{events:?}"
+    );
+}
+
 /// Raises a fatal error on a live idempotent producer, as librdkafka does
 /// when the broker breaks its sequence (tansu cannot be made to: this uses
 /// librdkafka's own test entry point on the real client).
