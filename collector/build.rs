@@ -40,7 +40,7 @@ const FIELDS: &[(&str, &[&str])] = &[
             "family",
             "sport",
             "dport",
-            "reserved",
+            "loss_mark",
             "saddr",
             "daddr",
             "comm",

@@ -534,16 +534,23 @@ static __always_inline void fill_header(struct vigil_record *rec, __u32 kind)
 	rec->family = 0;
 	rec->sport = 0;
 	rec->dport = 0;
-	rec->reserved = 0;
+	rec->loss_mark = 0;
 	__builtin_memset(rec->saddr, 0, sizeof(rec->saddr));
 	__builtin_memset(rec->daddr, 0, sizeof(rec->daddr));
 }
+
+/* Every loss counted in `drops`, on all CPUs together. Each record carries
+ * its low 16 bits (loss_mark), so the collector sees between which two
+ * records a loss happened and reports it there, not at its next read of
+ * `drops`. */
+__u64 losses = 0;
 
 static __always_inline void count_drop(__u32 kind)
 {
 	__u64 *count = bpf_map_lookup_elem(&drops, &kind);
 	if (count)
 		__sync_fetch_and_add(count, 1);
+	__sync_fetch_and_add(&losses, 1);
 }
 
 /* Wakes the collector at once for a record on a quiet host, and otherwise
@@ -610,6 +617,7 @@ static __always_inline void emit_as(const struct vigil_record *src, __u32 kind, 
 		count_drop(kind ? kind : src->kind);
 		return;
 	}
+	rec->loss_mark = (__u16)*(volatile __u64 *)&losses;
 	if (by_current_task)
 		fill_identity(rec);
 	if (kind) {

@@ -86,7 +86,7 @@ struct vigil_record {
 	__u16 family;     /* AF_INET / AF_INET6 for network records */
 	__u16 sport;      /* local port, host byte order */
 	__u16 dport;      /* remote port, host byte order */
-	__u16 reserved;
+	__u16 loss_mark;  /* low 16 bits of the kernel's loss count when this record was written */
 	__u8 saddr[VIGIL_ADDR_LEN]; /* local address: 4 bytes for IPv4, 16 for IPv6 */
 	__u8 daddr[VIGIL_ADDR_LEN]; /* remote address */
 	char comm[VIGIL_COMM_LEN];

@@ -135,7 +135,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary>
             biased;
             _ = shutdown.cancelled() => break,
             _ = stats.tick() => {
-                records += drain(ring.get_mut(), &mut enricher, &mut outbox);
+                records += drain(ring.get_mut(), &mut enricher, &mut outbox, &mut drops);
                 report_drops(&mut drops, &mut outbox);
                 report_refused(&deliveries, &mut outbox);
                 outbox.report_losses();
@@ -169,21 +169,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary>
                 return Err(Error::PublisherStopped(cause));
             }
             _ = poll.tick() => {
-                records += drain(ring.get_mut(), &mut enricher, &mut outbox);
+                records += drain(ring.get_mut(), &mut enricher, &mut outbox, &mut drops);
             }
             _ = tokio::time::sleep_until(follow_up.unwrap_or_else(tokio::time::Instant::now)),
                 if follow_up.is_some() => {
-                let found = drain(ring.get_mut(), &mut enricher, &mut outbox);
+                let found = drain(ring.get_mut(), &mut enricher, &mut outbox, &mut drops);
                 records += found;
                 follow_up = (found > 0).then(|| tokio::time::Instant::now() + FOLLOW_UP);
             }
             guard = ring.readable_mut() => {
                 let mut guard = guard.map_err(|e| Error::io("waiting on the ring buffer", e))?;
-                records += drain(guard.get_inner_mut(), &mut enricher, &mut outbox);
+                records += drain(guard.get_inner_mut(), &mut enricher, &mut outbox, &mut drops);
                 guard.clear_ready();
                 // A record submitted between the drain and clear_ready woke
                 // nobody: read once more so it is not left until the follow-up.
-                records += drain(guard.get_inner_mut(), &mut enricher, &mut outbox);
+                records += drain(guard.get_inner_mut(), &mut enricher, &mut outbox, &mut drops);
                 follow_up = Some(tokio::time::Instant::now() + FOLLOW_UP);
             }
         }
@@ -191,7 +191,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary>
 
     info!("Shutting down: detaching programs");
     let still_open = probes.detach();
-    records += drain(ring.get_mut(), &mut enricher, &mut outbox);
+    records += drain(ring.get_mut(), &mut enricher, &mut outbox, &mut drops);
     info!(
         rollups = still_open.len(),
         "Reporting the bytes of watched files still open"
@@ -258,8 +258,14 @@ fn register(ring: RingBuf<MapData>) -> Result<AsyncFd<RingBuf<MapData>>> {
         .map_err(|e| Error::io("registering the ring buffer with tokio", e.into()))
 }
 
-/// Reads every record available now; returns how many.
-fn drain(ring: &mut RingBuf<MapData>, enricher: &mut Enricher, outbox: &mut Outbox) -> u64 {
+/// Reads every record available now; returns how many. Losses the kernel
+/// marked on a record are reported just before it.
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    enricher: &mut Enricher,
+    outbox: &mut Outbox,
+    drops: &mut DropCounters,
+) -> u64 {
     let mut count = 0;
     while let Some(item) = ring.next() {
         count += 1;
@@ -268,6 +274,9 @@ fn drain(ring: &mut RingBuf<MapData>, enricher: &mut Enricher, outbox: &mut Outb
             continue;
         };
         drop(item);
+        if drops.lost_before(raw.loss_mark) {
+            report_drops(drops, outbox);
+        }
         if let Some(event) = enricher.event(&raw) {
             outbox.push(event);
         }

@@ -277,6 +277,9 @@ impl Probes {
         Ok(DropCounters {
             counters,
             seen: vec![0; layout::DROPS_MAX as usize],
+            mark: 0,
+            marked: false,
+            next_read: std::time::Instant::now(),
         })
     }
 }
@@ -291,10 +294,22 @@ pub enum KernelLoss {
     Untracked,
 }
 
+/// How often, at most, a change of the records' loss mark has the drop
+/// counters read: one read is a lookup per counter, so under sustained
+/// loss reading them before every marked record would cost more than the
+/// records.
+pub const LOSS_READ_GAP: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Kernel drop counters and what has been reported of them so far.
 pub struct DropCounters {
     counters: PerCpuArray<MapData, u64>,
     seen: Vec<u64>,
+    /// The last record's loss mark.
+    mark: u16,
+    /// Whether the mark changed since the counters were last read.
+    marked: bool,
+    /// When they may be read again for a mark.
+    next_read: std::time::Instant,
 }
 
 impl std::fmt::Debug for DropCounters {
@@ -306,8 +321,22 @@ impl std::fmt::Debug for DropCounters {
 }
 
 impl DropCounters {
+    /// Whether the counters should be read, and the losses reported, before
+    /// the record carrying `mark` (see `RawRecord::loss_mark`): the kernel
+    /// lost records since the previous one, or since a read that came too
+    /// soon after the last (LOSS_READ_GAP) to happen.
+    pub fn lost_before(&mut self, mark: u16) -> bool {
+        if mark != self.mark {
+            self.mark = mark;
+            self.marked = true;
+        }
+        self.marked && std::time::Instant::now() >= self.next_read
+    }
+
     /// New losses since the last call, with their counts.
     pub fn new_drops(&mut self) -> Result<Vec<(KernelLoss, u64)>> {
+        self.marked = false;
+        self.next_read = std::time::Instant::now() + LOSS_READ_GAP;
         let mut fresh = Vec::new();
         for slot in 0..layout::DROPS_MAX {
             let per_cpu = self

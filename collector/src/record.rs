@@ -40,7 +40,10 @@ pub struct RawRecord {
     pub family: u16,
     pub sport: u16,
     pub dport: u16,
-    pub reserved: u16,
+    /// The low 16 bits of the kernel's count of lost records (all CPUs)
+    /// when this one was written: a change from the previous record's
+    /// means records were lost in between.
+    pub loss_mark: u16,
     pub saddr: [u8; ADDR_LEN],
     pub daddr: [u8; ADDR_LEN],
     pub comm: [u8; COMM_LEN],
@@ -216,7 +219,7 @@ mod tests {
             rec,
             [
                 ktime_ns, cgroup_id, bytes, target, kind, err, pid, tid, ppid, uid, euid, gid,
-                auid, flags, mode, args_len, dirfd, dirfd2, family, sport, dport, reserved, saddr,
+                auid, flags, mode, args_len, dirfd, dirfd2, family, sport, dport, loss_mark, saddr,
                 daddr, comm, path, path2
             ]
         );

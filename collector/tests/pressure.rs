@@ -102,3 +102,53 @@ async fn kernel_drops_under_pressure_are_reported_as_gaps_that_add_up() {
         "gap events report exactly what the kernel's per-CPU drop counters counted"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernel_drops_are_reported_where_they_happened_not_at_the_next_counter_read() {
+    require_root();
+    let broker = TestBroker::start();
+    let topic = broker.topic("collector.pressure-placement", 1).await;
+    let watched = tempfile::tempdir().expect("watched temp dir");
+    // The drop counters' periodic read never comes during the test: only
+    // the loss marks on the records can place the gaps.
+    let collector = Collector::start(
+        broker.bootstrap(),
+        &topic,
+        watched.path(),
+        &["--ringbuf-bytes", "4096", "--stats-interval", "1h"],
+    );
+
+    let file = watched.path().join("burst.txt");
+    std::fs::write(&file, b"x").expect("create");
+    let path = file.to_str().expect("utf-8").to_owned();
+    for _ in 0..BURST {
+        drop(std::fs::File::open(&file).expect("open"));
+    }
+    let made = BURST as i64 + 1;
+    std::thread::sleep(Duration::from_millis(300));
+    let after = watched.path().join("after.txt");
+    std::fs::write(&after, b"y").expect("create the marker");
+    let after = after.to_str().expect("utf-8").to_owned();
+
+    let is_after = |p: &Published| p.event.path.as_deref() == Some(after.as_str());
+    let events = consume_until(
+        broker.bootstrap(),
+        &topic,
+        Duration::from_secs(90),
+        |events| events.iter().any(is_after),
+    )
+    .await;
+    collector.stop();
+    let marker = events.iter().position(is_after).expect("the marker");
+    let (received, lost) = accounted(&events[..marker], &path);
+    assert!(
+        lost > 0,
+        "a 4 KiB ring buffer must overflow under {BURST} opens (received {received})"
+    );
+    assert_eq!(
+        received as i64 + lost,
+        made,
+        "every open of the burst is received or reported lost before the next event \
+         (received {received}, lost {lost})"
+    );
+}
