@@ -37,6 +37,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define AF_INET6 10
 #define AT_FDCWD -100
 #define AT_EMPTY_PATH 0x1000
+#define AT_REMOVEDIR 0x200
 #define TCP_CLOSE_STATE 7
 #define RCV_SHUTDOWN_BIT 1
 #define MAX_DIR_DEPTH 32
@@ -103,6 +104,41 @@ struct {
 	__type(key, __u32);
 	__type(value, __u32);
 } watched_devs SEC(".maps");
+
+/* Directories on a watched file system whose walk up to its root found no
+ * watched directory (see dentry_in_scope): a small direct-mapped cache per
+ * CPU, a slot per hash of (device, inode), so that looking a directory up
+ * and remembering one cost a few loads and stores (an LRU hash map's
+ * update cost about 450 ns, more than the walk it saves). An entry holds
+ * while no directory has been renamed or removed since it was made
+ * (dirs_generation) and for at most OUTSIDE_TTL_NS, which bounds how long
+ * a move the programs cannot see (io_uring, a network file system's
+ * server) leaves a directory wrongly outside. `check` mixes the other
+ * fields: an entry torn by a program preempted while writing it (another
+ * run on the same CPU wrote the slot in between) does not match. */
+struct outside_dir {
+	__u64 ino;
+	__u64 dev;
+	__u64 generation;
+	__u64 ktime_ns;
+	__u64 check;
+};
+
+#define OUTSIDE_TTL_NS 1000000000ull
+#define OUTSIDE_SLOTS 1024
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, OUTSIDE_SLOTS);
+	__type(key, __u32);
+	__type(value, struct outside_dir);
+} outside_dirs SEC(".maps");
+
+/* Counts the renames and directory removals seen, on every CPU, in or out
+ * of scope: any of them may move a directory into a watched one (or free
+ * an inode number a new directory there takes), so each one voids every
+ * outside_dirs entry made before it. */
+__u64 dirs_generation = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -239,25 +275,92 @@ static __always_inline bool task_in_scope(void)
 	return true;
 }
 
+/* Voids every outside_dirs entry: a directory may have moved. */
+static __always_inline void dirs_changed(void)
+{
+	__sync_fetch_and_add(&dirs_generation, 1);
+}
+
+static __always_inline __u64 outside_check(__u64 ino, __u64 dev, __u64 generation, __u64 ktime)
+{
+	__u64 h = (ino ^ (dev << 40)) * 0x9e3779b97f4a7c15ull;
+	h = (h ^ generation ^ (h >> 29)) * 0xbf58476d1ce4e5b9ull;
+	return h ^ ktime ^ (h >> 32);
+}
+
+/* The outside_dirs slot of a directory. */
+static __always_inline struct outside_dir *outside_slot(const struct vigil_inode_key *key)
+{
+	__u32 slot = (__u32)(((key->ino ^ ((__u64)key->dev << 40)) * 0x9e3779b97f4a7c15ull) >> 54) &
+		     (OUTSIDE_SLOTS - 1);
+	return bpf_map_lookup_elem(&outside_dirs, &slot);
+}
+
+/* True when `key` is a directory known to be outside every watched one. */
+static __always_inline bool known_outside(const struct vigil_inode_key *key, __u64 generation,
+					  __u64 now)
+{
+	struct outside_dir *entry = outside_slot(key);
+	if (!entry || entry->ino != key->ino || entry->dev != key->dev ||
+	    entry->generation != generation || now - entry->ktime_ns >= OUTSIDE_TTL_NS)
+		return false;
+	return entry->check ==
+	       outside_check(entry->ino, entry->dev, entry->generation, entry->ktime_ns);
+}
+
+static __always_inline void remember_outside(const struct vigil_inode_key *key, __u64 generation,
+					     __u64 now)
+{
+	struct outside_dir *entry = outside_slot(key);
+	if (!entry)
+		return;
+	entry->ino = key->ino;
+	entry->dev = key->dev;
+	entry->generation = generation;
+	entry->ktime_ns = now;
+	entry->check = outside_check(key->ino, key->dev, generation, now);
+}
+
 /* True when a dentry is, or is below, a watched directory: its ancestors are
  * looked up by (device, inode) in watched_dirs. The walk stays inside one
  * file system (a mount's root is its own parent); the collector adds the
  * roots of mounts below a watched directory to watched_dirs. A dentry on a
  * file system without a watched directory (/proc, /sys, /run, a root file
- * system when the PHI has a volume of its own) costs one lookup, no walk. */
+ * system when the PHI has a volume of its own) costs one lookup, no walk.
+ * The dentry's parent directory, when a walk from it reached the root
+ * without a watched directory, goes into outside_dirs, and a later walk
+ * stops at any directory found there: the files of one directory are
+ * walked up once, not once per open, and its subdirectories' stop at it.
+ * The generation is read before the walk, so a rename during it voids
+ * what it finds. */
 static __always_inline bool dentry_in_scope(struct dentry *dentry)
 {
 	struct vigil_inode_key key = {};
 	key.dev = BPF_CORE_READ(dentry, d_sb, s_dev);
 	if (!bpf_map_lookup_elem(&watched_devs, &key.dev))
 		return false;
+	__u64 generation = *(volatile __u64 *)&dirs_generation;
+	__u64 now = bpf_ktime_get_ns();
+	struct vigil_inode_key parent_key = {};
 	for (int depth = 0; depth < MAX_DIR_DEPTH && dentry; depth++) {
 		key.ino = BPF_CORE_READ(dentry, d_inode, i_ino);
+		/* never a watched directory itself: its walk found none; nor
+		 * is anything below it that the walk found unwatched so far */
+		if (known_outside(&key, generation, now)) {
+			if (depth >= 2)
+				remember_outside(&parent_key, generation, now);
+			return false;
+		}
 		if (bpf_map_lookup_elem(&watched_dirs, &key))
 			return true;
+		if (depth == 1)
+			parent_key = key;
 		struct dentry *parent = BPF_CORE_READ(dentry, d_parent);
-		if (parent == dentry)
+		if (parent == dentry) {
+			if (depth >= 1)
+				remember_outside(&parent_key, generation, now);
 			break;
+		}
 		dentry = parent;
 	}
 	return false;
@@ -1489,11 +1592,30 @@ int vigil_enter_fchown(struct sys_enter_ctx *ctx)
 	SEC("tracepoint/syscalls/sys_exit_" #name)                     \
 	int vigil_exit_##name(struct sys_exit_ctx *ctx) { return finish(ctx->nr, ctx->ret); }
 
-FINISH(rename)
-FINISH(renameat)
-FINISH(renameat2)
+/* The same for a syscall that may move or remove a directory: a success
+ * voids the outside_dirs entries first, whoever made it. */
+#define FINISH_DIRS_CHANGED(name, condition)                           \
+	SEC("tracepoint/syscalls/sys_exit_" #name)                     \
+	int vigil_exit_##name(struct sys_exit_ctx *ctx)                \
+	{                                                              \
+		if (ctx->ret == 0 && (condition))                      \
+			dirs_changed();                                \
+		return finish(ctx->nr, ctx->ret);                      \
+	}
+
+FINISH_DIRS_CHANGED(rename, true)
+FINISH_DIRS_CHANGED(renameat, true)
+FINISH_DIRS_CHANGED(renameat2, true)
 FINISH(unlink)
-FINISH(unlinkat)
+FINISH_DIRS_CHANGED(unlinkat, PT_REGS_PARM3_SYSCALL(syscall_regs()) & AT_REMOVEDIR)
+
+SEC("tracepoint/syscalls/sys_exit_rmdir")
+int vigil_exit_rmdir(struct sys_exit_ctx *ctx)
+{
+	if (ctx->ret == 0)
+		dirs_changed();
+	return 0;
+}
 FINISH(truncate)
 FINISH(ftruncate)
 FINISH(chmod)

@@ -396,3 +396,60 @@ async fn chown_and_chmod_of_a_watched_descriptor_through_an_empty_path_are_repor
         .unwrap_or_else(|| panic!("fchmodat2(fd, \"\") is reported: {summary:?}\n{stderr}"));
     assert_eq!((chmod.errno, chmod.mode), (0, Some(0o600)), "{chmod:?}");
 }
+
+/// A directory whose file was opened while it was outside the watched one,
+/// then moved into it: the next open there is reported at once. The kernel
+/// remembers directories whose walk found no watched directory
+/// (`outside_dirs`, for up to a second), and a rename voids what it
+/// remembers. perl does it all in one process within milliseconds, so
+/// without that voiding the open after the move would be missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_moved_into_a_watched_one_is_in_scope_at_once() {
+    require_root();
+    let broker = TestBroker::start();
+    let topic = broker.topic("collector.moved-dir", 1).await;
+    let parent = tempfile::tempdir().expect("temp dir");
+    let watched = parent.path().join("phi");
+    let drafts = parent.path().join("drafts");
+    std::fs::create_dir(&watched).expect("mkdir phi");
+    std::fs::create_dir(&drafts).expect("mkdir drafts");
+    std::fs::write(drafts.join("note.txt"), b"draft").expect("write");
+    let moved = watched.join("drafts");
+    let collector = Collector::start(broker.bootstrap(), &topic, &watched, &[]);
+
+    // Relative opens from inside drafts, so only its directories (not the
+    // path's text) can put them in scope; the working directory follows
+    // the move.
+    let script = "chdir $ARGV[0] or die \"chdir: $!\"; \
+         for (1..3) { open(my $f, '<', 'note.txt') or die \"open: $!\"; my $x = <$f>; close $f; } \
+         rename($ARGV[0], $ARGV[1]) or die \"rename: $!\"; \
+         open(my $f, '<', 'note.txt') or die \"open after the move: $!\"; print scalar <$f>;";
+    let output = Command::new("perl")
+        .args(["-e", script])
+        .arg(&drafts)
+        .arg(&moved)
+        .output()
+        .expect("run perl");
+    assert_eq!(
+        output.stdout,
+        b"draft",
+        "perl read the moved file: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let events = events_until_marker(broker.bootstrap(), &topic, &watched).await;
+    let stderr = collector.stop();
+    let summary = summary(&events);
+    let after = opens_of(&events, &moved.join("note.txt"));
+    assert_eq!(
+        after
+            .iter()
+            .filter(|e| e.comm == "perl" && e.errno == 0)
+            .count(),
+        1,
+        "the open after the move is reported, by the file's new path: {summary}\n{stderr}"
+    );
+    assert!(
+        opens_of(&events, &drafts.join("note.txt")).is_empty(),
+        "the opens before the move were outside the watched directory: {summary}"
+    );
+}
