@@ -130,6 +130,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary>
     let mut last_delivered = 0;
     let mut stats = tokio::time::interval(config.stats_interval);
     stats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // An error that ends collecting still detaches, drains and flushes
+    // below: what was collected is delivered before the error is returned.
+    let mut failure = None;
     loop {
         tokio::select! {
             biased;
@@ -178,7 +181,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary>
                 follow_up = (found > 0).then(|| tokio::time::Instant::now() + FOLLOW_UP);
             }
             guard = ring.readable_mut() => {
-                let mut guard = guard.map_err(|e| Error::io("waiting on the ring buffer", e))?;
+                let mut guard = match guard {
+                    Ok(guard) => guard,
+                    Err(e) => {
+                        let e = Error::io("waiting on the ring buffer", e);
+                        error!(error = %e, "Cannot wait on the ring buffer; stopping");
+                        failure = Some(e);
+                        break;
+                    }
+                };
                 records += drain(guard.get_inner_mut(), &mut enricher, &mut outbox, &mut drops);
                 guard.clear_ready();
                 // A record submitted between the drain and clear_ready woke
@@ -245,7 +256,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary>
         renewed = summary.renewed,
         "Stopped"
     );
-    Ok(summary)
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(summary),
+    }
 }
 
 /// Registers the ring buffer's descriptor with tokio's reactor.
