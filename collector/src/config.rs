@@ -98,7 +98,9 @@ pub struct Args {
     #[arg(long, env = "VIGIL_QUEUE_CAPACITY", value_name = "EVENTS")]
     pub queue_capacity: Option<usize>,
 
-    /// How often kernel drop counters are read and the backlog reported.
+    /// How often the backlog is reported and the kernel drop counters are
+    /// read (a loss that a later record marks is reported at that record,
+    /// sooner).
     /// Default 1s.
     #[arg(long, env = "VIGIL_STATS_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub stats_interval: Option<Duration>,
