@@ -42,6 +42,7 @@
 # clang and libbpf-dev for the empty-program floors.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. collector/bench/common.sh
 
 ITERATIONS=${ITERATIONS:-200000}
 ROUNDS=${ROUNDS:-5}
@@ -75,11 +76,7 @@ trap cleanup EXIT
 
 mkdir -p "$work/phi" "$work/other" "$work/otherfs"
 if wants loop; then mount -t tmpfs -o size=4m vigil-bench "$work/otherfs"; fi
-for i in $(seq 0 63); do
-  head -c 8192 /dev/urandom > "$work/phi/file-$i"
-  cp "$work/phi/file-$i" "$work/other/file-$i"
-  cp "$work/phi/file-$i" "$work/otherfs/file-$i"
-done
+make_loop_files "$work/phi" "$work/other" "$work/otherfs"
 gcc -O2 -o "$work/loop" collector/bench/open_read_loop.c
 floor= all_floor=
 if gcc -O2 -o "$work/attach" collector/bench/tracepoint_cost/attach.c -lbpf 2> /dev/null; then
@@ -92,12 +89,7 @@ if gcc -O2 -o "$work/attach" collector/bench/tracepoint_cost/attach.c -lbpf 2> /
 fi
 [[ -n $floor && -n $all_floor ]] || echo "empty-program floors skipped: building tracepoint_cost needs gcc, clang and libbpf-dev (deploy/local/setup.sh)" >&2
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$tansu" broker --storage-engine memory://tansu/ --listener-url "tcp://127.0.0.1:$port" \
-  --advertised-listener-url "tcp://127.0.0.1:$port" > "$work/broker.log" 2>&1 &
-pids+=($!)
-sleep 2
-"$tansu" topic create bench.events --partitions 6 --broker "tcp://127.0.0.1:$port" > /dev/null
+start_bench_broker
 
 start_collector() {
   "$collector" --brokers "127.0.0.1:$port" --topic bench.events --watch "${1:-/phi}" \

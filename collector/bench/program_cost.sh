@@ -19,6 +19,7 @@
 # release collector: cargo build --release -p vigil-collector
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. collector/bench/common.sh
 
 ITERATIONS=${ITERATIONS:-200000}
 DIRS=${DIRS:-phi other deep otherfs}
@@ -47,20 +48,10 @@ trap cleanup EXIT
 mkdir -p "$work/phi" "$work/other" "$work/otherfs" "$work/d1/d2/d3/d4/deep"
 ln -s d1/d2/d3/d4/deep "$work/deep"
 mount -t tmpfs -o size=4m vigil-bench "$work/otherfs"
-for i in $(seq 0 63); do
-  head -c 8192 /dev/urandom > "$work/phi/file-$i"
-  cp "$work/phi/file-$i" "$work/other/file-$i"
-  cp "$work/phi/file-$i" "$work/otherfs/file-$i"
-  cp "$work/phi/file-$i" "$work/deep/file-$i"
-done
+make_loop_files "$work/phi" "$work/other" "$work/otherfs" "$work/deep"
 gcc -O2 -o "$work/loop" collector/bench/open_read_loop.c
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$tansu" broker --storage-engine memory://tansu/ --listener-url "tcp://127.0.0.1:$port" \
-  --advertised-listener-url "tcp://127.0.0.1:$port" > "$work/broker.log" 2>&1 &
-pids+=($!)
-sleep 2
-"$tansu" topic create bench.events --partitions 6 --broker "tcp://127.0.0.1:$port" > /dev/null
+start_bench_broker
 "$collector" --brokers "127.0.0.1:$port" --topic bench.events --watch "$work/phi" \
   > /dev/null 2> "$work/collector.log" &
 pids+=($!)
