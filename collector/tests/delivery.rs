@@ -145,25 +145,36 @@ async fn a_record_too_large_is_refused_and_reported_by_a_gap() {
     );
 }
 
+/// A publisher to `topic`, which the broker does not have, once it has
+/// refused three opens (sequence numbers 1 to 3).
+async fn three_refused_opens(broker: &TestBroker, topic: &str) -> Publishing {
+    // librdkafka refuses a record once the broker has said for this long
+    // that its topic does not exist (30 s by default), and looks again this
+    // often (for a test that creates the topic later).
+    let mut publishing = publisher(
+        broker,
+        topic,
+        &[
+            ("topic.metadata.propagation.max.ms", "200"),
+            ("topic.metadata.refresh.interval.ms", "200"),
+        ],
+    );
+    for i in 0..3 {
+        publishing.outbox.push(open(&format!("/srv/phi/{i}.json")));
+    }
+    wait_refused(&publishing.stats, 3).await;
+    publishing
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_for_a_topic_the_broker_does_not_have_are_refused_with_their_sequence_numbers() {
     let broker = TestBroker::start();
-    // librdkafka refuses a record once the broker has said for this long
-    // that its topic does not exist (30 s by default).
     let Publishing {
-        mut outbox,
+        outbox,
         stats,
         task: publishing,
         ..
-    } = publisher(
-        &broker,
-        "collector.no-such-topic",
-        &[("topic.metadata.propagation.max.ms", "200")],
-    );
-    for i in 0..3 {
-        outbox.push(open(&format!("/srv/phi/{i}.json")));
-    }
-    wait_refused(&stats, 3).await;
+    } = three_refused_opens(&broker, "collector.no-such-topic").await;
     let refused = stats.take_refused();
     assert_eq!(
         (refused.lost(), refused.first_seq, refused.last_seq),
@@ -189,18 +200,7 @@ async fn the_losses_a_refused_gap_reported_arrive_with_the_next_gap() {
         stats,
         task: publishing,
         ..
-    } = publisher(
-        &broker,
-        topic,
-        &[
-            ("topic.metadata.propagation.max.ms", "200"),
-            ("topic.metadata.refresh.interval.ms", "200"),
-        ],
-    );
-    for i in 0..3 {
-        outbox.push(open(&format!("/srv/phi/{i}.json")));
-    }
-    wait_refused(&stats, 3).await;
+    } = three_refused_opens(&broker, topic).await;
     outbox.refused(stats.take_refused());
     wait_refused(&stats, 4).await;
     let refused = stats.take_refused();
