@@ -197,6 +197,21 @@ struct {
 	__type(value, struct owned);
 } files_owners SEC(".maps");
 
+/* How many files_owners entries there are per slot of owner ids (the id's
+ * low bits): a counting filter in front of open_files. A slot at zero says
+ * that no owner in it has an entry, so a read, write or close of such a
+ * process is done with one array load instead of a hash lookup - the path
+ * of nearly every read and write on the host. The count goes up after an
+ * entry is made and down after one is deleted, so it is never zero while
+ * an owner in the slot has one. */
+#define OWNER_SLOTS 4096
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, OWNER_SLOTS);
+	__type(key, __u32);
+	__type(value, __u64);
+} owner_slots SEC(".maps");
+
 /* Connections seen at connect or accept, by socket address. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -411,6 +426,25 @@ static __always_inline struct pt_regs *syscall_regs(void)
 	return (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 }
 
+static __always_inline __u64 *owner_slot(__u32 owner)
+{
+	__u32 slot = owner & (OWNER_SLOTS - 1);
+	return bpf_map_lookup_elem(&owner_slots, &slot);
+}
+
+/* False when `owner` surely has no entry in open_files. */
+static __always_inline bool may_own_files(__u32 owner)
+{
+	__u64 *count = owner_slot(owner);
+	return !count || *count != 0;
+}
+
+/* The running process's id, the owner of its entries in open_files. */
+static __always_inline __u32 current_owner(void)
+{
+	return bpf_get_current_pid_tgid() >> 32;
+}
+
 /* Counts an entry of open_files (key: owner << 32 | fd) in or out; false
  * when an entry in cannot be counted because files_owners is full. */
 static __always_inline bool count_owned(__u64 key, __s64 delta)
@@ -422,7 +456,11 @@ static __always_inline bool count_owned(__u64 key, __s64 delta)
 		if (delta < 0)
 			return true;
 		struct owned fresh = {};
-		bpf_map_update_elem(&files_owners, &owner, &fresh, BPF_NOEXIST);
+		if (bpf_map_update_elem(&files_owners, &owner, &fresh, BPF_NOEXIST) == 0) {
+			__u64 *slot = owner_slot(owner);
+			if (slot)
+				__sync_fetch_and_add(slot, 1);
+		}
 		owned = bpf_map_lookup_elem(&files_owners, &owner);
 		if (!owned)
 			return false;
@@ -806,6 +844,8 @@ static __always_inline void untrack_file(__u64 key)
  * has one. */
 static __always_inline void forget_file(__u64 key)
 {
+	if (!may_own_files(key >> 32))
+		return;
 	struct vigil_tracked *file = bpf_map_lookup_elem(&open_files, &key);
 	if (!file)
 		return;
@@ -1173,7 +1213,11 @@ static __always_inline void release_owner(__u32 owner)
 	if (!bpf_map_lookup_elem(&files_owners, &owner))
 		return;
 	sweep_owner(owner, false);
-	bpf_map_delete_elem(&files_owners, &owner);
+	if (bpf_map_delete_elem(&files_owners, &owner) == 0) {
+		__u64 *slot = owner_slot(owner);
+		if (slot)
+			__sync_fetch_and_add(slot, -1);
+	}
 }
 
 SEC("tracepoint/sched/sched_process_exit")
@@ -1308,11 +1352,15 @@ static __always_inline int io_exit(__s64 ret, __u64 fd, bool is_write)
 	return 0;
 }
 
-/* Syscalls that move bytes through one descriptor, their first argument. */
+/* Syscalls that move bytes through one descriptor, their first argument.
+ * A process without watched descriptors is let go before its registers are
+ * read. */
 #define IO_EXIT(name, is_write)                                                  \
 	SEC("tracepoint/syscalls/sys_exit_" #name)                               \
 	int vigil_exit_##name(struct sys_exit_ctx *ctx)                          \
 	{                                                                        \
+		if (ctx->ret <= 0 || !may_own_files(current_owner()))            \
+			return 0;                                                \
 		return io_exit(ctx->ret, PT_REGS_PARM1_SYSCALL(syscall_regs()), is_write); \
 	}
 IO_EXIT(read, false)
@@ -1340,6 +1388,8 @@ static __always_inline int copy_exit(__s64 ret, __u64 from, __u64 to)
 SEC("tracepoint/syscalls/sys_exit_sendfile64")
 int vigil_exit_sendfile64(struct sys_exit_ctx *ctx)
 {
+	if (ctx->ret <= 0 || !may_own_files(current_owner()))
+		return 0;
 	/* sendfile(out_fd, in_fd, offset, count) */
 	struct pt_regs *regs = syscall_regs();
 	return copy_exit(ctx->ret, PT_REGS_PARM2_SYSCALL(regs), PT_REGS_PARM1_SYSCALL(regs));
@@ -1348,6 +1398,8 @@ int vigil_exit_sendfile64(struct sys_exit_ctx *ctx)
 SEC("tracepoint/syscalls/sys_exit_copy_file_range")
 int vigil_exit_copy_file_range(struct sys_exit_ctx *ctx)
 {
+	if (ctx->ret <= 0 || !may_own_files(current_owner()))
+		return 0;
 	/* copy_file_range(fd_in, off_in, fd_out, off_out, len, flags) */
 	struct pt_regs *regs = syscall_regs();
 	return copy_exit(ctx->ret, PT_REGS_PARM1_SYSCALL(regs), PT_REGS_PARM3_SYSCALL(regs));
@@ -1356,6 +1408,8 @@ int vigil_exit_copy_file_range(struct sys_exit_ctx *ctx)
 SEC("tracepoint/syscalls/sys_exit_splice")
 int vigil_exit_splice(struct sys_exit_ctx *ctx)
 {
+	if (ctx->ret <= 0 || !may_own_files(current_owner()))
+		return 0;
 	/* splice(fd_in, off_in, fd_out, off_out, len, flags) */
 	struct pt_regs *regs = syscall_regs();
 	return copy_exit(ctx->ret, PT_REGS_PARM1_SYSCALL(regs), PT_REGS_PARM3_SYSCALL(regs));
