@@ -386,9 +386,8 @@ fn scope_mode<T>(scope: &Scope<T>) -> u32 {
 /// partly overlap. Detaching all 79 took 6.4 s one by one and 3.0 s on 16
 /// threads (no less on 64: the kernel serialises the rest), on an idle
 /// host (session 22).
-fn unload_all(programs: Vec<(&str, &mut Program)>) {
+fn unload_all(mut programs: Vec<(&str, &mut Program)>) {
     let per_thread = programs.len().div_ceil(DETACH_THREADS).max(1);
-    let mut programs = programs;
     std::thread::scope(|scope| {
         while !programs.is_empty() {
             let chunk: Vec<_> = programs.drain(..per_thread.min(programs.len())).collect();
@@ -412,9 +411,9 @@ fn unload_all(programs: Vec<(&str, &mut Program)>) {
 const DETACH_THREADS: usize = 16;
 
 /// When a program is detached at shutdown, which takes seconds (see
-/// [`unload_all`]). First (0) the programs that make
-/// entries in `open_files` (a fork's copies, an open, a dup), last (2)
-/// those that remove them (close, exec, exit), the rest (1) in between. In
+/// [`unload_all`]). First (0) the programs that make entries in
+/// `open_files` (a fork's copies, an open, a dup), last (2) those that
+/// remove them (close, exec, exit), the rest (1) in between. In
 /// any other order an entry can outlive its descriptor meanwhile: a fork's
 /// copy whose exec was no longer seen took the bytes of a later file on
 /// the same number, and was reported at shutdown under the first file's
