@@ -201,9 +201,11 @@ struct {
  * low bits): a counting filter in front of open_files. A slot at zero says
  * that no owner in it has an entry, so a read, write or close of such a
  * process is done with one array load instead of a hash lookup - the path
- * of nearly every read and write on the host. The count goes up after an
- * entry is made and down after one is deleted, so it is never zero while
- * an owner in the slot has one. */
+ * of nearly every read and write on the host. The count goes up right
+ * after an entry is made and down after one is deleted, so it is never
+ * zero while an owner in the slot has one, but for the instant between
+ * the two inside the open's own exit program, before the new descriptor
+ * reaches the process. */
 #define OWNER_SLOTS 4096
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
