@@ -27,6 +27,17 @@ fn accounted(events: &[Published], path: &str) -> (usize, i64) {
     (received, lost)
 }
 
+/// Creates `burst.txt` in `dir` and opens it BURST times; returns its path
+/// and the opens made (+1: the open that created it).
+fn open_burst(dir: &std::path::Path) -> (String, i64) {
+    let file = dir.join("burst.txt");
+    std::fs::write(&file, b"x").expect("create");
+    for _ in 0..BURST {
+        drop(std::fs::File::open(&file).expect("open"));
+    }
+    (file.to_str().expect("utf-8").to_owned(), BURST as i64 + 1)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kernel_drops_under_pressure_are_reported_as_gaps_that_add_up() {
     require_root();
@@ -40,14 +51,7 @@ async fn kernel_drops_under_pressure_are_reported_as_gaps_that_add_up() {
         &["--ringbuf-bytes", "4096"],
     );
 
-    let file = watched.path().join("burst.txt");
-    std::fs::write(&file, b"x").expect("create");
-    let path = file.to_str().expect("utf-8").to_owned();
-    for _ in 0..BURST {
-        drop(std::fs::File::open(&file).expect("open"));
-    }
-    // +1: the open that created the file.
-    let made = BURST + 1;
+    let (path, made) = open_burst(watched.path());
 
     let events = consume_until(
         broker.bootstrap(),
@@ -55,7 +59,7 @@ async fn kernel_drops_under_pressure_are_reported_as_gaps_that_add_up() {
         Duration::from_secs(90),
         |events| {
             let (received, lost) = accounted(events, &path);
-            received as i64 + lost >= made as i64
+            received as i64 + lost >= made
         },
     )
     .await;
@@ -63,7 +67,7 @@ async fn kernel_drops_under_pressure_are_reported_as_gaps_that_add_up() {
     let (received, lost) = accounted(&events, &path);
     assert_eq!(
         received as i64 + lost,
-        made as i64,
+        made,
         "opens received ({received}) + opens reported lost ({lost}) = opens made"
     );
     // Everything published, including gaps reported after the burst.
@@ -75,7 +79,7 @@ async fn kernel_drops_under_pressure_are_reported_as_gaps_that_add_up() {
     );
     assert_eq!(
         received as i64 + lost,
-        made as i64,
+        made,
         "opens received ({received}) + opens reported lost ({lost}) = opens made"
     );
 
@@ -118,13 +122,7 @@ async fn kernel_drops_are_reported_where_they_happened_not_at_the_next_counter_r
         &["--ringbuf-bytes", "4096", "--stats-interval", "1h"],
     );
 
-    let file = watched.path().join("burst.txt");
-    std::fs::write(&file, b"x").expect("create");
-    let path = file.to_str().expect("utf-8").to_owned();
-    for _ in 0..BURST {
-        drop(std::fs::File::open(&file).expect("open"));
-    }
-    let made = BURST as i64 + 1;
+    let (path, made) = open_burst(watched.path());
     std::thread::sleep(Duration::from_millis(300));
     let after = watched.path().join("after.txt");
     std::fs::write(&after, b"y").expect("create the marker");
