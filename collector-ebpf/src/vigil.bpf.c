@@ -40,7 +40,10 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define AT_REMOVEDIR 0x200
 #define TCP_CLOSE_STATE 7
 #define RCV_SHUTDOWN_BIT 1
+/* Directory levels a scope walk takes inline; deeper ones go on in a
+ * bpf_loop, up to MAX_WALK_DEPTH in all. */
 #define MAX_DIR_DEPTH 32
+#define MAX_WALK_DEPTH 65536
 
 /* ---- maps and globals -------------------------------------------------- */
 
@@ -338,6 +341,53 @@ static __always_inline void remember_outside(const struct vigil_inode_key *key, 
 	entry->check = outside_check(key->ino, key->dev, generation, now);
 }
 
+/* A walk from a dentry up its directories (dentry_in_scope). */
+struct dir_walk {
+	struct dentry *dentry; /* the next directory to look at */
+	struct vigil_inode_key key;
+	struct vigil_inode_key parent_key; /* the first directory above the start */
+	__u64 generation;
+	__u64 now;
+	int found; /* WALK_ON, or what the walk decided */
+};
+
+enum { WALK_OUTSIDE = 0, WALK_IN_SCOPE = 1, WALK_ON = -1 };
+
+/* One level of a walk: decides, or moves the walk to the parent. */
+static __always_inline int walk_step(struct dir_walk *w, __u32 depth)
+{
+	struct dentry *dentry = w->dentry;
+	if (!dentry)
+		return WALK_OUTSIDE;
+	w->key.ino = BPF_CORE_READ(dentry, d_inode, i_ino);
+	/* never a watched directory itself: its walk found none; nor is
+	 * anything below it that the walk found unwatched so far */
+	if (known_outside(&w->key, w->generation, w->now)) {
+		if (depth >= 2)
+			remember_outside(&w->parent_key, w->generation, w->now);
+		return WALK_OUTSIDE;
+	}
+	if (bpf_map_lookup_elem(&watched_dirs, &w->key))
+		return WALK_IN_SCOPE;
+	if (depth == 1)
+		w->parent_key = w->key;
+	struct dentry *parent = BPF_CORE_READ(dentry, d_parent);
+	if (parent == dentry) {
+		if (depth >= 1)
+			remember_outside(&w->parent_key, w->generation, w->now);
+		return WALK_OUTSIDE;
+	}
+	w->dentry = parent;
+	return WALK_ON;
+}
+
+/* bpf_loop callback: the levels below the first MAX_DIR_DEPTH. */
+static long deep_walk_step(__u64 index, struct dir_walk *w)
+{
+	w->found = walk_step(w, MAX_DIR_DEPTH + (__u32)index);
+	return w->found == WALK_ON ? 0 : 1;
+}
+
 /* True when a dentry is, or is below, a watched directory: its ancestors are
  * looked up by (device, inode) in watched_dirs. The walk stays inside one
  * file system (a mount's root is its own parent); the collector adds the
@@ -349,38 +399,25 @@ static __always_inline void remember_outside(const struct vigil_inode_key *key, 
  * stops at any directory found there: the files of one directory are
  * walked up once, not once per open, and its subdirectories' stop at it.
  * The generation is read before the walk, so a rename during it voids
- * what it finds. */
+ * what it finds. The first MAX_DIR_DEPTH levels are walked inline; a
+ * deeper file goes on in a bpf_loop, so nesting a watched file deeper
+ * does not hide it. A walk still undecided after MAX_WALK_DEPTH levels
+ * counts as in scope: reported rather than missed. */
 static __always_inline bool dentry_in_scope(struct dentry *dentry)
 {
-	struct vigil_inode_key key = {};
-	key.dev = BPF_CORE_READ(dentry, d_sb, s_dev);
-	if (!bpf_map_lookup_elem(&watched_devs, &key.dev))
+	struct dir_walk walk = {.dentry = dentry, .found = WALK_ON};
+	walk.key.dev = BPF_CORE_READ(dentry, d_sb, s_dev);
+	if (!bpf_map_lookup_elem(&watched_devs, &walk.key.dev))
 		return false;
-	__u64 generation = *(volatile __u64 *)&dirs_generation;
-	__u64 now = bpf_ktime_get_ns();
-	struct vigil_inode_key parent_key = {};
-	for (int depth = 0; depth < MAX_DIR_DEPTH && dentry; depth++) {
-		key.ino = BPF_CORE_READ(dentry, d_inode, i_ino);
-		/* never a watched directory itself: its walk found none; nor
-		 * is anything below it that the walk found unwatched so far */
-		if (known_outside(&key, generation, now)) {
-			if (depth >= 2)
-				remember_outside(&parent_key, generation, now);
-			return false;
-		}
-		if (bpf_map_lookup_elem(&watched_dirs, &key))
-			return true;
-		if (depth == 1)
-			parent_key = key;
-		struct dentry *parent = BPF_CORE_READ(dentry, d_parent);
-		if (parent == dentry) {
-			if (depth >= 1)
-				remember_outside(&parent_key, generation, now);
-			break;
-		}
-		dentry = parent;
+	walk.generation = *(volatile __u64 *)&dirs_generation;
+	walk.now = bpf_ktime_get_ns();
+	for (int depth = 0; depth < MAX_DIR_DEPTH; depth++) {
+		int found = walk_step(&walk, depth);
+		if (found != WALK_ON)
+			return found == WALK_IN_SCOPE;
 	}
-	return false;
+	bpf_loop(MAX_WALK_DEPTH - MAX_DIR_DEPTH, deep_walk_step, &walk, 0);
+	return walk.found != WALK_OUTSIDE;
 }
 
 /* The file behind a descriptor of the current task, or NULL. The task's
@@ -506,34 +543,83 @@ static __always_inline long prepend(char *buf, long pos, const void *name, __u32
 	return pos;
 }
 
-/* Puts the absolute path of a (mount, dentry) pair in front of pos, as
- * d_path does: names up to the mount's root, then on from the mount point
- * in the parent mount, up to the root of the mount namespace. */
+/* A walk building a path (prepend_path). */
+struct path_walk {
+	struct dentry *dentry;  /* the next name to put in front */
+	struct dentry *mnt_root; /* the root of the mount it is in */
+	struct mount *mnt;
+	long pos;  /* where the path built so far starts, -1 when it did not fit */
+	bool whole; /* the root of the mount namespace was reached */
+};
+
+/* One level of a path walk: the dentry's name in front of the path, or
+ * from a mount's root to its mount point in the parent mount. True when
+ * the walk is over (whole, or too long). */
+static __always_inline bool path_step(char *buf, struct path_walk *w)
+{
+	/* kernel pointers in locals: a CO-RE read through w would relocate
+	 * w's own fields too, and the kernel has no struct path_walk */
+	struct dentry *dentry = w->dentry;
+	struct mount *mnt = w->mnt;
+	struct dentry *parent = BPF_CORE_READ(dentry, d_parent);
+	if (dentry == w->mnt_root || dentry == parent) {
+		struct mount *up = BPF_CORE_READ(mnt, mnt_parent);
+		if (!up || up == mnt) {
+			w->whole = true;
+			return true;
+		}
+		w->dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
+		w->mnt = up;
+		w->mnt_root = BPF_CORE_READ(up, mnt.mnt_root);
+		return false;
+	}
+	struct qstr name = {};
+	bpf_core_read(&name, sizeof(name), &dentry->d_name);
+	w->pos = prepend(buf, w->pos, name.name, name.len);
+	w->dentry = parent;
+	return w->pos < 0;
+}
+
+/* bpf_loop callback: the levels of a path past the first 2 * MAX_DIR_DEPTH.
+ * It builds in the per-CPU scratch path, as absolute_path does. */
+static long deep_path_step(__u64 index, struct path_walk *w)
+{
+	struct scratch *s = get_scratch();
+	if (!s) {
+		w->pos = -1;
+		return 1;
+	}
+	return path_step(s->path, w);
+}
+
+/* Puts the absolute path of a (mount, dentry) pair in front of pos in a
+ * scratch path, as d_path does: names up to the mount's root, then on from
+ * the mount point in the parent mount, up to the root of the mount
+ * namespace. -1 when it does not fit in a record's path. The first levels
+ * are walked inline, the rest in a bpf_loop: a path of one-letter
+ * directories that fits has up to VIGIL_PATH_LEN / 2 of them. */
 static __always_inline long prepend_path(char *buf, long pos, const struct path *where)
 {
-	struct dentry *dentry = BPF_CORE_READ(where, dentry);
+	if (pos < 0)
+		return -1;
 	struct vfsmount *vfsmnt = BPF_CORE_READ(where, mnt);
-	struct mount *mnt = (void *)vfsmnt - bpf_core_field_offset(struct mount, mnt);
-	struct dentry *mnt_root = BPF_CORE_READ(vfsmnt, mnt_root);
-	for (int depth = 0; depth < MAX_DIR_DEPTH * 2 && pos >= 0; depth++) {
-		struct dentry *parent = BPF_CORE_READ(dentry, d_parent);
-		if (dentry == mnt_root || dentry == parent) {
-			struct mount *up = BPF_CORE_READ(mnt, mnt_parent);
-			if (!up || up == mnt)
-				break;
-			dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
-			mnt = up;
-			mnt_root = BPF_CORE_READ(mnt, mnt.mnt_root);
-			continue;
-		}
-		struct qstr name = {};
-		bpf_core_read(&name, sizeof(name), &dentry->d_name);
-		pos = prepend(buf, pos, name.name, name.len);
-		dentry = parent;
-	}
-	if (pos == PATH_END)
-		buf[--pos & PATH_MASK] = '/';
-	return pos;
+	struct path_walk walk = {
+		.dentry = BPF_CORE_READ(where, dentry),
+		.mnt_root = BPF_CORE_READ(vfsmnt, mnt_root),
+		.mnt = (void *)vfsmnt - bpf_core_field_offset(struct mount, mnt),
+		.pos = pos,
+	};
+	bool over = false;
+	for (int depth = 0; depth < MAX_DIR_DEPTH * 2 && !over; depth++)
+		over = path_step(buf, &walk);
+	if (!over)
+		bpf_loop(VIGIL_PATH_LEN, deep_path_step, &walk, 0);
+	/* a path missing its upper directories would read as another one */
+	if (!walk.whole || walk.pos < 0)
+		return -1;
+	if (walk.pos == PATH_END)
+		buf[--walk.pos & PATH_MASK] = '/';
+	return walk.pos;
 }
 
 /* The path a relative name starts from: the working directory or the

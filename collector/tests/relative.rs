@@ -453,3 +453,73 @@ async fn a_directory_moved_into_a_watched_one_is_in_scope_at_once() {
         "the opens before the move were outside the watched directory: {summary}"
     );
 }
+
+/// Files nested deeper below the watched directory than the kernel walks
+/// inline (32 directories for the scope, 64 for the path): the walks go on
+/// in a bpf_loop, so nesting a file deeper does not hide it, and the event
+/// still carries its whole absolute path. The same nesting outside the
+/// watched directory, on the same file system, stays silent: the deep
+/// walk reaches the root and finds no watched directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_nested_deeper_than_the_inline_walks_are_matched_by_their_directories() {
+    require_root();
+    let broker = TestBroker::start();
+    let topic = broker.topic("collector.deep", 1).await;
+    let parent = tempfile::tempdir().expect("temp dir");
+    let watched = parent.path().join("phi");
+    let nested =
+        |top: &Path, levels: usize| (0..levels).fold(top.to_path_buf(), |p, _| p.join("d"));
+    let deep = nested(&watched, 40);
+    let deeper = nested(&watched, 70);
+    let outside = nested(&parent.path().join("other"), 40);
+    for dir in [&deeper, &outside] {
+        std::fs::create_dir_all(dir).expect("mkdir -p");
+    }
+    for dir in [&deep, &deeper, &outside] {
+        std::fs::write(dir.join("note.txt"), b"deep").expect("write");
+    }
+    let collector = Collector::start(broker.bootstrap(), &topic, &watched, &[]);
+
+    // Relative opens, so only the file's directories can put them in scope.
+    let script = "for my $dir (@ARGV) { chdir $dir or die \"chdir $dir: $!\"; \
+         open(my $f, '<', 'note.txt') or die \"open in $dir: $!\"; my $x = <$f>; close $f; }";
+    let output = Command::new("perl")
+        .args(["-e", script])
+        .args([&deep, &deeper, &outside])
+        .output()
+        .expect("run perl");
+    assert!(
+        output.status.success(),
+        "perl: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let events = events_until_marker(broker.bootstrap(), &topic, &watched).await;
+    let stderr = collector.stop();
+    let summary = summary(&events);
+    for dir in [&deep, &deeper] {
+        let opened = opens_of(&events, &dir.join("note.txt"));
+        assert_eq!(
+            opened
+                .iter()
+                .filter(|e| e.comm == "perl" && e.errno == 0)
+                .count(),
+            1,
+            "the open {} levels below the watched directory is reported by its absolute path: \
+             {summary}\n{stderr}",
+            dir.components().count() - watched.components().count()
+        );
+    }
+    let outside = outside.to_str().expect("utf-8 temp path");
+    let silent: Vec<_> = events
+        .iter()
+        .filter(|p| p.event.comm == "perl" && p.event.kind == Kind::Open)
+        .filter(|p| {
+            let path = p.event.path.as_deref().unwrap_or_default();
+            path.starts_with(outside) || path == "note.txt"
+        })
+        .collect();
+    assert!(
+        silent.is_empty(),
+        "the open outside the watched directory stays silent: {summary}"
+    );
+}
