@@ -129,8 +129,12 @@ impl Probes {
 
         scope::fill(&mut ebpf, config)?;
 
-        let names: Vec<String> = ebpf.programs().map(|(name, _)| name.to_owned()).collect();
-        let mut attached = 0;
+        // Every program is verified and loaded before the first is
+        // attached, and they are attached in rank order: the seconds of
+        // verification do not leave some attached and others not.
+        let mut names: Vec<String> = ebpf.programs().map(|(name, _)| name.to_owned()).collect();
+        names.sort_by_key(|name| attach_rank(name));
+        let mut to_attach = Vec::new();
         for name in names {
             if name == SWEEP {
                 continue;
@@ -143,13 +147,14 @@ impl Probes {
                 warn!(program = %name, %category, %tracepoint, "Tracepoint not on this kernel; skipped");
                 continue;
             }
-            let program: &mut TracePoint = ebpf
-                .program_mut(&name)
-                .ok_or_else(|| Error::Setting(format!("program {name} vanished")))?
-                .try_into()
+            tracepoint_program(&mut ebpf, &name)?
+                .load()
                 .map_err(|e| program_error(&name, e))?;
-            program.load().map_err(|e| program_error(&name, e))?;
-            program
+            to_attach.push((name, category, tracepoint));
+        }
+        let mut attached = 0;
+        for (name, category, tracepoint) in to_attach {
+            tracepoint_program(&mut ebpf, &name)?
                 .attach(category, &tracepoint)
                 .map_err(|e| program_error(&name, e))?;
             debug!(program = %name, %category, %tracepoint, "Attached");
@@ -223,11 +228,11 @@ impl Probes {
             }
         }
         let started = std::time::Instant::now();
-        for phase in 0..=2 {
+        for rank in (0..=LAST_RANK).rev() {
             let programs: Vec<(&str, &mut Program)> = self
                 .ebpf
                 .programs_mut()
-                .filter(|(name, _)| detach_phase(name) == phase)
+                .filter(|(name, _)| attach_rank(name) == rank)
                 .collect();
             unload_all(programs);
         }
@@ -410,15 +415,22 @@ fn unload_all(mut programs: Vec<(&str, &mut Program)>) {
 /// Threads that unload programs at shutdown (see [`unload_all`]).
 const DETACH_THREADS: usize = 16;
 
-/// When a program is detached at shutdown, which takes seconds (see
-/// [`unload_all`]). First (0) the programs that make entries in
-/// `open_files` (a fork's copies, an open, a dup), last (2) those that
-/// remove them (close, exec, exit), the rest (1) in between. In
-/// any other order an entry can outlive its descriptor meanwhile: a fork's
-/// copy whose exec was no longer seen took the bytes of a later file on
-/// the same number, and was reported at shutdown under the first file's
-/// path (found in CI, session 22).
-fn detach_phase(program: &str) -> u8 {
+/// Where a program comes in the order of attaching at start; programs are
+/// detached at shutdown in the reverse order, rank by rank (which takes
+/// seconds, see [`unload_all`]). First (0) the programs that remove
+/// entries: of `open_files` at close, close_range, exec and exit, of
+/// `connections` at a socket's close. Then (1) the other syscall exits,
+/// which take what their entries staged; then (2) the rest, the entries
+/// among them; last (3) the programs that make `open_files` entries (a
+/// fork's copies, an open, a dup, fcntl). While some programs are attached
+/// and others not, this order makes no entry whose removal goes unseen and
+/// stages no record whose exit goes unseen. In another order an entry can
+/// outlive its descriptor: a fork's copy whose exec was no longer seen took
+/// the bytes of a later file on the same number, and was reported at
+/// shutdown under the first file's path (found in CI, session 22); and a
+/// record staged by a call whose exit was not yet attached could be
+/// emitted with the outcome of the thread's next call of that syscall.
+fn attach_rank(program: &str) -> u8 {
     let makes_entries = program == "vigil_fork"
         || [
             "vigil_exit_open",
@@ -430,13 +442,31 @@ fn detach_phase(program: &str) -> u8 {
         .any(|prefix| program.starts_with(prefix));
     let removes_entries = matches!(
         program,
-        "vigil_enter_close" | "vigil_exit_close_range" | "vigil_exec" | "vigil_exit"
+        "vigil_enter_close"
+            | "vigil_exit_close_range"
+            | "vigil_exec"
+            | "vigil_exit"
+            | "vigil_sock_state"
     );
-    match (makes_entries, removes_entries) {
-        (true, _) => 0,
-        (_, true) => 2,
-        _ => 1,
+    if removes_entries {
+        0
+    } else if makes_entries {
+        LAST_RANK
+    } else if program.starts_with("vigil_exit_") {
+        1
+    } else {
+        2
     }
+}
+
+/// The rank of the programs attached last and detached first.
+const LAST_RANK: u8 = 3;
+
+fn tracepoint_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut TracePoint> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| Error::Setting(format!("program {name} vanished")))?
+        .try_into()
+        .map_err(|e| program_error(name, e))
 }
 
 /// The tracepoint a program attaches to, from its name.
@@ -514,15 +544,25 @@ mod tests {
     }
 
     #[test]
-    fn entry_makers_are_detached_first_and_entry_removers_last() {
+    fn entry_removers_are_attached_first_and_entry_makers_last() {
         let names = aya_obj_names();
-        let in_phase = |phase: u8| -> Vec<&str> {
+        let of_rank = |rank: u8| -> Vec<&str> {
             names
                 .iter()
                 .map(String::as_str)
-                .filter(|name| detach_phase(name) == phase)
+                .filter(|name| attach_rank(name) == rank)
                 .collect()
         };
+        assert_eq!(
+            of_rank(0),
+            vec![
+                "vigil_enter_close",
+                "vigil_exec",
+                "vigil_exit",
+                "vigil_exit_close_range",
+                "vigil_sock_state"
+            ]
+        );
         for maker in [
             "vigil_fork",
             "vigil_exit_openat",
@@ -531,18 +571,23 @@ mod tests {
             "vigil_exit_dup2",
             "vigil_exit_fcntl",
         ] {
-            assert!(in_phase(0).contains(&maker), "{maker}: {:?}", in_phase(0));
+            assert!(
+                of_rank(LAST_RANK).contains(&maker),
+                "{maker}: {:?}",
+                of_rank(3)
+            );
         }
-        assert_eq!(
-            in_phase(2),
-            vec![
-                "vigil_enter_close",
-                "vigil_exec",
-                "vigil_exit",
-                "vigil_exit_close_range"
-            ]
-        );
-        assert!(in_phase(1).contains(&"vigil_exit_read"));
+        // a staged syscall's exit comes before its entry
+        for (exit, entry) in [
+            ("vigil_exit_renameat2", "vigil_enter_renameat2"),
+            ("vigil_exit_unlinkat", "vigil_enter_unlinkat"),
+            ("vigil_exit_connect", "vigil_enter_connect"),
+        ] {
+            assert!(of_rank(1).contains(&exit), "{exit}: {:?}", of_rank(1));
+            assert!(of_rank(2).contains(&entry), "{entry}: {:?}", of_rank(2));
+        }
+        assert!(of_rank(1).contains(&"vigil_exit_read"));
+        assert!(names.iter().all(|name| attach_rank(name) <= LAST_RANK));
     }
 
     /// Program names in the compiled object, read from its symbol names in
@@ -555,7 +600,8 @@ mod tests {
                 (s.starts_with("vigil_enter_")
                     || s.starts_with("vigil_exit")
                     || *s == "vigil_exec"
-                    || *s == "vigil_fork")
+                    || *s == "vigil_fork"
+                    || *s == "vigil_sock_state")
                     && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
             })
             .map(str::to_owned)
