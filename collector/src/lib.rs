@@ -64,6 +64,9 @@ pub struct Summary {
     /// Watched descriptors the kernel could not track (table full): their
     /// read and write roll-ups are lost.
     pub untracked_files: u64,
+    /// Program runs the kernel skipped (another BPF program was running
+    /// on the CPU), up to the detach.
+    pub skipped_runs: u64,
     /// Events dropped because the queue to the broker was full.
     pub queue_drops: u64,
     /// Events never delivered at exit (broker unreachable at shutdown).
@@ -140,6 +143,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary>
             _ = stats.tick() => {
                 records += drain(ring.get_mut(), &mut enricher, &mut outbox, &mut drops);
                 report_drops(&mut drops, &mut outbox);
+                report_skips(&mut probes, &mut outbox);
                 report_refused(&deliveries, &mut outbox);
                 outbox.report_losses();
                 // Report the backlog while the broker takes nothing (down
@@ -200,6 +204,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary>
         }
     }
 
+    // The program info goes with the programs.
+    report_skips(&mut probes, &mut outbox);
+    let skipped_runs = probes.skipped_total();
     info!("Shutting down: detaching programs");
     let still_open = probes.detach();
     records += drain(ring.get_mut(), &mut enricher, &mut outbox, &mut drops);
@@ -230,6 +237,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary>
         records,
         kernel_drops: drops.total(),
         untracked_files: drops.untracked(),
+        skipped_runs,
         queue_drops,
         undelivered,
         refused: deliveries.refused_total.load(Ordering::Relaxed),
@@ -250,6 +258,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary>
         records = summary.records,
         kernel_drops = summary.kernel_drops,
         untracked_files = summary.untracked_files,
+        skipped_runs = summary.skipped_runs,
         queue_drops = summary.queue_drops,
         undelivered = summary.undelivered,
         refused = summary.refused,
@@ -317,6 +326,12 @@ fn report_refused(deliveries: &publish::DeliveryStats, outbox: &mut Outbox) {
         "Events refused for good by librdkafka or the broker (check the topic and the broker's log)"
     );
     outbox.refused(refused);
+}
+
+fn report_skips(probes: &mut Probes, outbox: &mut Outbox) {
+    for (program, count) in probes.new_skips() {
+        outbox.skipped_runs(&program, count);
+    }
 }
 
 fn report_drops(drops: &mut DropCounters, outbox: &mut Outbox) {

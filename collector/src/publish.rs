@@ -55,6 +55,11 @@ pub const KERNEL_RINGBUF_FULL: &str = "kernel_ringbuf_full";
 /// full): each one's read and write roll-ups are lost. `lost` counts the
 /// descriptors; how many roll-up events that is is not known.
 pub const KERNEL_TRACKING_FULL: &str = "kernel_tracking_full";
+/// Program runs the kernel skipped because another BPF program was running
+/// on the same CPU (see `Probes::new_skips`). `lost` counts the runs; each
+/// could have been an event, or bytes of a roll-up, so it is an upper
+/// bound, and the collector's log names the programs.
+pub const KERNEL_PROGRAM_SKIPPED: &str = "kernel_program_skipped";
 pub const PRODUCER_QUEUE_FULL: &str = "producer_queue_full";
 /// The first event of every run: the collector was not watching before it
 /// (host boot, or the collector stopped, crashed or was upgraded), so the
@@ -477,6 +482,7 @@ pub struct Outbox {
     queue_loss: Option<Loss>,
     kernel_loss: BTreeMap<&'static str, i64>,
     untracked: i64,
+    skipped: i64,
     refused: Option<Refused>,
     lost_total: u64,
 }
@@ -495,6 +501,7 @@ impl Outbox {
             queue_loss: None,
             kernel_loss: BTreeMap::new(),
             untracked: 0,
+            skipped: 0,
             refused: None,
             lost_total: 0,
         };
@@ -557,6 +564,18 @@ impl Outbox {
         self.report_losses();
     }
 
+    /// Records runs of a kernel program that the kernel skipped.
+    pub fn skipped_runs(&mut self, program: &str, count: u64) {
+        warn!(
+            program,
+            runs = count,
+            reason = KERNEL_PROGRAM_SKIPPED,
+            "Program runs skipped by the kernel (another BPF program was running on the CPU): what they would have reported is lost"
+        );
+        self.skipped += count as i64;
+        self.report_losses();
+    }
+
     /// Records events refused for good (see [`DeliveryStats::take_refused`]),
     /// to be reported by one `delivery_failed` gap: `lost` events between
     /// the one before the lowest refused sequence number and the gap.
@@ -602,8 +621,16 @@ impl Outbox {
         if self.untracked > 0 {
             let after = self.next_seq - 1;
             let gap = self.gap(self.untracked, None, after, KERNEL_TRACKING_FULL);
+            if !self.try_queue(gap) {
+                return;
+            }
+            self.untracked = 0;
+        }
+        if self.skipped > 0 {
+            let after = self.next_seq - 1;
+            let gap = self.gap(self.skipped, None, after, KERNEL_PROGRAM_SKIPPED);
             if self.try_queue(gap) {
-                self.untracked = 0;
+                self.skipped = 0;
             }
         }
     }
@@ -1122,6 +1149,25 @@ mod tests {
         assert_eq!(
             (gap.lost, gap.lost_kind, gap.reason.as_str()),
             (5, None, KERNEL_TRACKING_FULL)
+        );
+        outbox.report_losses();
+        assert!(rx.try_recv().is_err(), "reported once");
+    }
+
+    #[test]
+    fn skipped_program_runs_are_reported_once_there_is_room() {
+        let (mut outbox, mut rx) = Outbox::new("h".into(), 2);
+        outbox.push(event(Kind::Open));
+        outbox.push(event(Kind::Open));
+        outbox.skipped_runs("vigil_sock_state", 4);
+        outbox.skipped_runs("vigil_exit_openat", 1);
+        let _ = (rx.try_recv(), rx.try_recv());
+        assert!(rx.try_recv().is_err(), "no room: nothing reported yet");
+        outbox.report_losses();
+        let gap = rx.try_recv().expect("gap").gap.expect("detail");
+        assert_eq!(
+            (gap.lost, gap.lost_kind, gap.reason.as_str(), gap.first_seq),
+            (5, None, KERNEL_PROGRAM_SKIPPED, 2)
         );
         outbox.report_losses();
         assert!(rx.try_recv().is_err(), "reported once");
