@@ -18,7 +18,12 @@ deploy/local/setup.sh
 export PATH=$HOME/.cargo/bin:$PATH
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/vigil/target}
 printf 'loadtest: building release binaries into %s\n' "$CARGO_TARGET_DIR" >&2
-cargo build --release --locked -p vigil-detector -p vigil-loadtest
+# The collector too, though the load test does not run it: it turns on
+# features of shared dependencies (libc's `extra_traits`, through nix), and
+# with the same package set as deploy/local/run.sh both scripts share one
+# release build of the whole dependency stack instead of compiling
+# DataFusion and RocksDB twice.
+cargo build --release --locked -p vigil-detector -p vigil-collector -p vigil-loadtest
 
 export VIGIL_BROKER_PORT=${LOADTEST_BROKER_PORT:-9192}
 export VIGIL_STATE_DIR=${LOADTEST_STATE_DIR:-$HOME/.local/state/vigil-loadtest}
