@@ -580,8 +580,9 @@ static __always_inline bool path_step(char *buf, struct path_walk *w)
 	return w->pos < 0;
 }
 
-/* bpf_loop callback: the levels of a path past the first 2 * MAX_DIR_DEPTH.
- * It builds in the per-CPU scratch path, as absolute_path does. */
+/* bpf_loop callback: the levels of a path past the first 2 * MAX_DIR_DEPTH,
+ * in the per-CPU scratch path (a callback gets no map pointer from its
+ * caller; prepend_path builds in the same one). */
 static long deep_path_step(__u64 index, struct path_walk *w)
 {
 	struct scratch *s = get_scratch();
@@ -592,14 +593,15 @@ static long deep_path_step(__u64 index, struct path_walk *w)
 	return path_step(s->path, w);
 }
 
-/* Puts the absolute path of a (mount, dentry) pair in front of pos in a
- * scratch path, as d_path does: names up to the mount's root, then on from
+/* Puts the absolute path of a (mount, dentry) pair in front of pos in the
+ * scratch path s->path, as d_path does: names up to the mount's root, then on from
  * the mount point in the parent mount, up to the root of the mount
  * namespace. -1 when it does not fit in a record's path. The first levels
  * are walked inline, the rest in a bpf_loop: a path of one-letter
  * directories that fits has up to VIGIL_PATH_LEN / 2 of them. */
-static __always_inline long prepend_path(char *buf, long pos, const struct path *where)
+static __always_inline long prepend_path(struct scratch *s, long pos, const struct path *where)
 {
+	char *buf = s->path;
 	if (pos < 0)
 		return -1;
 	struct vfsmount *vfsmnt = BPF_CORE_READ(where, mnt);
@@ -649,13 +651,13 @@ static __always_inline void absolute_path(struct scratch *s, char *dst, long len
 		struct file *file = file_of_fd(opened);
 		if (!file)
 			return;
-		pos = prepend_path(buf, pos, &file->f_path);
+		pos = prepend_path(s, pos, &file->f_path);
 	} else {
 		const struct path *dir = dir_path(dfd);
 		if (!dir)
 			return;
 		pos = prepend(buf, pos, s->key.data, (len - 1) & (VIGIL_PATH_LEN - 1));
-		pos = prepend_path(buf, pos, dir);
+		pos = prepend_path(s, pos, dir);
 	}
 	if (pos < 0)
 		return;
@@ -1412,6 +1414,14 @@ int vigil_exit_openat2(struct sys_exit_ctx *ctx)
 			 (const char *)PT_REGS_PARM2_SYSCALL(regs), how.flags, how.mode);
 }
 
+/* True when a byte-moving syscall's exit has nothing to add: it moved no
+ * bytes, or the process has no watched descriptor. Checked before the
+ * syscall's registers are read. */
+static __always_inline bool moved_nothing_watched(__s64 ret)
+{
+	return ret <= 0 || !may_own_files(current_owner());
+}
+
 /* read/write family, at exit: the bytes moved on a watched descriptor (the
  * first argument) are added to its roll-up. Other descriptors cost one
  * lookup. */
@@ -1447,7 +1457,7 @@ static __always_inline int io_exit(__s64 ret, __u64 fd, bool is_write)
 	SEC("tracepoint/syscalls/sys_exit_" #name)                               \
 	int vigil_exit_##name(struct sys_exit_ctx *ctx)                          \
 	{                                                                        \
-		if (ctx->ret <= 0 || !may_own_files(current_owner()))            \
+		if (moved_nothing_watched(ctx->ret))                             \
 			return 0;                                                \
 		return io_exit(ctx->ret, PT_REGS_PARM1_SYSCALL(syscall_regs()), is_write); \
 	}
@@ -1476,7 +1486,7 @@ static __always_inline int copy_exit(__s64 ret, __u64 from, __u64 to)
 SEC("tracepoint/syscalls/sys_exit_sendfile64")
 int vigil_exit_sendfile64(struct sys_exit_ctx *ctx)
 {
-	if (ctx->ret <= 0 || !may_own_files(current_owner()))
+	if (moved_nothing_watched(ctx->ret))
 		return 0;
 	/* sendfile(out_fd, in_fd, offset, count) */
 	struct pt_regs *regs = syscall_regs();
@@ -1486,7 +1496,7 @@ int vigil_exit_sendfile64(struct sys_exit_ctx *ctx)
 SEC("tracepoint/syscalls/sys_exit_copy_file_range")
 int vigil_exit_copy_file_range(struct sys_exit_ctx *ctx)
 {
-	if (ctx->ret <= 0 || !may_own_files(current_owner()))
+	if (moved_nothing_watched(ctx->ret))
 		return 0;
 	/* copy_file_range(fd_in, off_in, fd_out, off_out, len, flags) */
 	struct pt_regs *regs = syscall_regs();
@@ -1496,7 +1506,7 @@ int vigil_exit_copy_file_range(struct sys_exit_ctx *ctx)
 SEC("tracepoint/syscalls/sys_exit_splice")
 int vigil_exit_splice(struct sys_exit_ctx *ctx)
 {
-	if (ctx->ret <= 0 || !may_own_files(current_owner()))
+	if (moved_nothing_watched(ctx->ret))
 		return 0;
 	/* splice(fd_in, off_in, fd_out, off_out, len, flags) */
 	struct pt_regs *regs = syscall_regs();

@@ -670,7 +670,7 @@ mod tests {
             assert!(
                 of_rank(LAST_RANK).contains(&maker),
                 "{maker}: {:?}",
-                of_rank(3)
+                of_rank(LAST_RANK)
             );
         }
         // a staged syscall's exit comes before its entry
