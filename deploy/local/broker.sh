@@ -115,6 +115,9 @@ stop() {
     rm -f "$PID_FILE"
     return 0
   fi
+  # The pid file goes first, so a run.sh watching the services takes the
+  # broker as stopped on purpose.
+  rm -f "$PID_FILE"
   kill "$pid"
   for _ in $(seq 100); do
     kill -0 "$pid" 2>/dev/null || break

@@ -12,7 +12,10 @@
 #      two lines each, until Ctrl-C.
 #
 # Ctrl-C stops the collector, the detector and the broker, in that order,
-# with SIGTERM so each flushes what it holds and writes its state.
+# with SIGTERM so each flushes what it holds and writes its state. A
+# service that exits on its own meanwhile is reported (how it ended, the
+# end of its log) and started again, up to $VIGIL_MAX_RESTARTS (default 3)
+# times in 10 minutes; past that run.sh stops Vigil and says why.
 # deploy/local/stop.sh stops whatever is left (e.g. after the terminal was
 # closed). Running run.sh again restarts the services on the same state.
 # deploy/local/demo.sh, in another terminal, performs a bulk read of the
@@ -108,13 +111,11 @@ start_service() {
     if ! running "$name"; then
       log "the $name exited at start; last lines of $log_file:"
       tail -n 20 "$log_file" >&2
-      deploy/local/stop.sh
-      exit 1
+      shutdown 1
     fi
     if ((waited >= 600)); then
       log "the $name did not say '$ready' within 60 s; see $log_file"
-      deploy/local/stop.sh
-      exit 1
+      shutdown 1
     fi
     sleep 0.1
     waited=$((waited + 1))
@@ -137,17 +138,126 @@ shutdown() {
 trap 'shutdown 130' INT
 trap 'shutdown 143' TERM
 
-setsid --wait deploy/local/broker.sh start
+start_broker() { setsid --wait deploy/local/broker.sh start || shutdown 1; }
 
-VIGIL_LOG=${VIGIL_LOG:-info} start_service detector "detector: consuming" \
-  "$detector" run \
-  --brokers "$BROKERS" \
-  --state-dir "$STATE_DIR/detector" \
-  --rules-dir "$PWD/sql/rules" \
-  --instance-id "detector-$(hostname)"
+start_detector() {
+  VIGIL_LOG=${VIGIL_LOG:-info} start_service detector "detector: consuming" \
+    "$detector" run \
+    --brokers "$BROKERS" \
+    --state-dir "$STATE_DIR/detector" \
+    --rules-dir "$PWD/sql/rules" \
+    --instance-id "detector-$(hostname)"
+}
 
-RUST_LOG=${RUST_LOG:-info} start_service collector "Collecting" \
-  "$collector" --brokers "$BROKERS" --watch "$PHI_DIR"
+start_collector() {
+  RUST_LOG=${RUST_LOG:-info} start_service collector "Collecting" \
+    "$collector" --brokers "$BROKERS" --watch "$PHI_DIR"
+}
+
+start_broker
+start_detector
+start_collector
+
+# While the alerts stream, a service that exits is reported here (how it
+# ended and the end of its log) and started again, after the broker (and
+# any topic gone from it) is back: the detector resumes from its state and
+# the collector reports what it could not see as a gap. A service stopped
+# on purpose (deploy/local/stop.sh --only NAME removes its pid file) is
+# left stopped. More than $MAX_RESTARTS restarts of one service within
+# $RESTART_WINDOW seconds means it cannot run here: run.sh stops Vigil.
+MAX_RESTARTS=${VIGIL_MAX_RESTARTS:-3}
+RESTART_WINDOW=600
+declare -A restarted_at=() left_stopped=()
+
+# How the process $2 of service $1 ended, for the log: its exit status
+# when run.sh started it (and so can still collect it).
+how_it_ended() {
+  local name=$1 pid=$2 status=0
+  [[ $name == broker ]] && { echo "exited"; return; }
+  wait "$pid" 2>/dev/null || status=$?
+  if ((status == 127)); then
+    echo "exited"
+  elif ((status > 128)); then
+    echo "was killed by SIG$(kill -l $((status - 128))) (status $status)"
+  else
+    echo "exited with status $status"
+  fi
+}
+
+# Records a restart of $1 (a name), or stops Vigil when it would be one
+# too many.
+count_restart() {
+  local name=$1 now t recent=()
+  now=$(date +%s)
+  for t in ${restarted_at[$name]:-}; do
+    if ((now - t < RESTART_WINDOW)); then recent+=("$t"); fi
+  done
+  if ((${#recent[@]} >= MAX_RESTARTS)); then
+    log "the $name exited $((${#recent[@]} + 1)) times within $((RESTART_WINDOW / 60)) minutes; stopping Vigil"
+    shutdown 1
+  fi
+  restarted_at[$name]="${recent[*]} $now"
+  log "starting the $name again (restart $((${#recent[@]} + 1)) of at most $MAX_RESTARTS in $((RESTART_WINDOW / 60)) minutes)"
+}
+
+# Reports why service $1 is no longer running and starts it again.
+restart() {
+  local name=$1 pid_file=$STATE_DIR/$1.pid
+  if [[ ! -f $pid_file ]]; then
+    if [[ -z ${left_stopped[$name]:-} ]]; then
+      log "the $name was stopped on purpose (its pid file is gone); it stays stopped until run.sh runs again"
+      left_stopped[$name]=1
+    fi
+    return 0
+  fi
+  local pid
+  pid=$(<"$pid_file")
+  log "the $name (pid $pid) $(how_it_ended "$name" "$pid"); last lines of $STATE_DIR/$name.log:"
+  tail -n 12 "$STATE_DIR/$name.log" | sed 's/\x1b\[[0-9;]*m//g; s/^/  | /' >&2
+  count_restart "$name"
+  rm -f "$pid_file"
+  start_broker
+  unset 'left_stopped[broker]'
+  if [[ $name != broker ]]; then "start_$name"; fi
+}
+
+# The alert viewer follows only what arrives after it starts; one started
+# again points at `detector alerts --from-beginning` for what it missed.
+start_viewer() {
+  "$detector" alerts --brokers "$BROKERS" &
+  viewer=$!
+}
+
+# Keeps the services and the alert viewer running until the viewer exits
+# by itself (status 0, or an error it printed), leaving its status in
+# $viewer_status. A viewer killed by a signal (a crash) is started again
+# like a service.
+viewer_status=
+supervise() {
+  local name status
+  while true; do
+    if ! kill -0 "$viewer" 2>/dev/null; then
+      status=0
+      wait "$viewer" || status=$?
+      if ((status <= 128)); then
+        viewer_status=$status
+        return 0
+      fi
+      log "the alert viewer was killed by SIG$(kill -l $((status - 128))) (status $status)"
+      count_restart "alert viewer"
+      start_broker
+      unset 'left_stopped[broker]'
+      log "alerts made while it was down: $detector alerts --brokers $BROKERS --from-beginning"
+      start_viewer
+    fi
+    for name in broker detector collector; do
+      running "$name" || restart "$name"
+    done
+    # Waiting on a background sleep lets Ctrl-C's trap run at once.
+    sleep 1 &
+    wait $! || true
+  done
+}
 
 
 cat >&2 <<MSG
@@ -167,10 +277,8 @@ as every principal's is for its first 7 days) follow. Ctrl-C stops Vigil.
 
 MSG
 
-"$detector" alerts --brokers "$BROKERS" &
-viewer=$!
-status=0
-wait "$viewer" || status=$?
+start_viewer
+supervise
 viewer=
-log "the alert viewer exited (status $status)"
-shutdown "$status"
+log "the alert viewer exited (status $viewer_status)"
+shutdown "$viewer_status"

@@ -16,6 +16,9 @@ log() { printf 'stop: %s\n' "$*" >&2; }
 stop_service() {
   local name=$1 pid_file=$STATE_DIR/$1.pid pid
   if [[ -f $pid_file ]] && pid=$(<"$pid_file") && kill -0 "$pid" 2>/dev/null; then
+    # The pid file goes first: a run.sh watching the services takes a
+    # service without one as stopped on purpose, not as one to restart.
+    rm -f "$pid_file"
     kill -TERM "$pid"
     for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     if kill -0 "$pid" 2>/dev/null; then
