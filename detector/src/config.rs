@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use vigil_schemas::topics;
+use vigil_schemas::{telemetry, topics};
 
 use crate::{Error, Result};
 
@@ -109,6 +109,19 @@ pub struct RunArgs {
     /// [default: 300000 (5 minutes)].
     #[arg(long, env = "VIGIL_MAX_CLOCK_SKEW_MS")]
     pub max_clock_skew_ms: Option<u64>,
+
+    /// Export metrics (events, alerts, dead letters, time per stage: the
+    /// `vigil.detector.*` counters) over OTLP/HTTP to this receiver, e.g.
+    /// an OpenTelemetry Collector at http://127.0.0.1:4318 (`/v1/metrics`
+    /// is added). Without it, OpenTelemetry's
+    /// `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT`
+    /// is used if set; otherwise nothing is exported.
+    #[arg(long, env = "VIGIL_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+
+    /// How often, in milliseconds, metrics are exported [default: 10000].
+    #[arg(long, env = "VIGIL_OTLP_INTERVAL_MS")]
+    pub otlp_interval_ms: Option<u64>,
 }
 
 /// The same settings in a file.
@@ -132,6 +145,8 @@ struct FileConfig {
     learning_days: Option<u32>,
     resume_exact: Option<bool>,
     max_clock_skew_ms: Option<u64>,
+    otlp_endpoint: Option<String>,
+    otlp_interval_ms: Option<u64>,
 }
 
 /// Most events in one micro-batch: the batch's rows are allocated up front.
@@ -160,6 +175,9 @@ pub struct DetectorConfig {
     pub resume_exact: bool,
     /// Events further ahead of the detector's clock are dead-lettered.
     pub max_clock_skew: Duration,
+    /// Where metrics are exported (the OTLP/HTTP metrics URL), if anywhere.
+    pub otlp_endpoint: Option<String>,
+    pub otlp_interval: Duration,
 }
 
 impl DetectorConfig {
@@ -186,6 +204,8 @@ impl DetectorConfig {
             learning_days: 7,
             resume_exact: false,
             max_clock_skew: Duration::from_secs(300),
+            otlp_endpoint: None,
+            otlp_interval: telemetry::DEFAULT_INTERVAL,
         }
     }
 
@@ -194,6 +214,8 @@ impl DetectorConfig {
     /// nor the environment named the brokers.
     pub fn resolve(brokers_from_cli: Option<&str>, args: &RunArgs) -> Result<DetectorConfig> {
         let mut config = DetectorConfig::defaults(brokers_from_cli.unwrap_or("127.0.0.1:9092"));
+        let mut otlp_endpoint = args.otlp_endpoint.clone();
+        let mut otlp_interval_ms = args.otlp_interval_ms;
         if let Some(path) = &args.config {
             let file = read_file(path)?;
             macro_rules! from_file {
@@ -234,6 +256,8 @@ impl DetectorConfig {
             if let Some(ms) = file.max_clock_skew_ms {
                 config.max_clock_skew = Duration::from_millis(ms);
             }
+            otlp_endpoint = otlp_endpoint.or(file.otlp_endpoint);
+            otlp_interval_ms = otlp_interval_ms.or(file.otlp_interval_ms);
         }
         macro_rules! from_args {
             ($($field:ident),*) => { $( if let Some(v) = args.$field.clone() { config.$field = v; } )* };
@@ -276,6 +300,21 @@ impl DetectorConfig {
                     config.batch_rows
                 ),
             });
+        }
+        config.otlp_endpoint =
+            telemetry::metrics_endpoint(otlp_endpoint.as_deref()).map_err(|e| Error::Config {
+                what: "otlp_endpoint".into(),
+                reason: e.to_string(),
+            })?;
+        if let Some(ms) = otlp_interval_ms {
+            if ms == 0 {
+                return Err(Error::Config {
+                    what: "otlp_interval_ms".into(),
+                    reason: "0 is not an interval; the default, 10000, suits most collectors"
+                        .into(),
+                });
+            }
+            config.otlp_interval = Duration::from_millis(ms);
         }
         if config.learning_days > MAX_LEARNING_DAYS {
             return Err(Error::Config {
@@ -396,6 +435,58 @@ mod tests {
             ..RunArgs::default()
         };
         assert!(DetectorConfig::resolve(None, &most).is_ok());
+    }
+
+    #[test]
+    fn the_otlp_endpoint_comes_from_the_file_unless_a_flag_names_one() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("detector.toml");
+        std::fs::write(
+            &file,
+            "otlp_endpoint = \"http://otel.example:4318\"\notlp_interval_ms = 2500\n",
+        )
+        .expect("write");
+        let from_file = RunArgs {
+            config: Some(file.clone()),
+            ..RunArgs::default()
+        };
+        let config = DetectorConfig::resolve(None, &from_file).expect("resolves");
+        assert_eq!(
+            config.otlp_endpoint.as_deref(),
+            Some("http://otel.example:4318/v1/metrics")
+        );
+        assert_eq!(config.otlp_interval, Duration::from_millis(2500));
+
+        let flagged = RunArgs {
+            otlp_endpoint: Some("http://127.0.0.1:4318".into()),
+            ..from_file
+        };
+        let config = DetectorConfig::resolve(None, &flagged).expect("resolves");
+        assert_eq!(
+            config.otlp_endpoint.as_deref(),
+            Some("http://127.0.0.1:4318/v1/metrics")
+        );
+
+        for (args, what) in [
+            (
+                RunArgs {
+                    otlp_endpoint: Some("https://otel:4318".into()),
+                    ..RunArgs::default()
+                },
+                "https is not built in",
+            ),
+            (
+                RunArgs {
+                    otlp_endpoint: Some("http://otel:4318".into()),
+                    otlp_interval_ms: Some(0),
+                    ..RunArgs::default()
+                },
+                "otlp_interval_ms",
+            ),
+        ] {
+            let err = DetectorConfig::resolve(None, &args).expect_err(what);
+            assert!(err.to_string().contains(what), "{err}");
+        }
     }
 
     #[test]

@@ -24,6 +24,7 @@
 //! - [`tail`] — `detector tail`.
 //! - [`alert_text`] — `detector alerts`: alerts and review items as
 //!   readable lines.
+//! - [`metrics`] — the counters as OpenTelemetry metrics (`vigil.detector.*`).
 //! - [`config`] — `detector run` settings; [`error`] — the error type.
 
 pub mod alert_text;
@@ -35,6 +36,7 @@ pub mod detection;
 pub mod enrich;
 pub mod error;
 pub mod events_table;
+pub mod metrics;
 pub mod pipeline;
 pub mod processor;
 pub mod regex_once;

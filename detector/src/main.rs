@@ -13,9 +13,11 @@ use vigil_detector::alert_text::{self, AlertsOptions};
 use vigil_detector::audit_chain::{Verifier, record_from_json};
 use vigil_detector::audit_topic::verify_topic;
 use vigil_detector::config::{DetectorConfig, RunArgs};
+use vigil_detector::metrics;
 use vigil_detector::pipeline::Pipeline;
 use vigil_detector::rule_tests;
 use vigil_detector::tail::{self, TailOptions};
+use vigil_schemas::telemetry;
 
 /// The hot path allocates small strings and Arrow buffers per event; glibc's
 /// allocator spent about a fifth of the processor benchmark's time.
@@ -281,6 +283,19 @@ async fn audit_verify(
     }
 }
 
+/// Exports the last figures (the provider's shutdown blocks while it
+/// sends them, up to its export timeout) and says so if that failed.
+async fn stop_telemetry(telemetry: telemetry::Telemetry) {
+    let endpoint = telemetry.endpoint().to_owned();
+    match tokio::task::spawn_blocking(move || telemetry.shutdown()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::warn!(%endpoint, %error, "The last metrics export failed")
+        }
+        Err(error) => tracing::warn!(%endpoint, %error, "Stopping the metrics export failed"),
+    }
+}
+
 fn seconds(flag: &str, secs: f64) -> anyhow::Result<Duration> {
     Duration::try_from_secs_f64(secs)
         .with_context(|| format!("{flag} {secs}: not a duration in seconds"))
@@ -294,6 +309,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => {
             let config = DetectorConfig::resolve(cli.brokers.as_deref(), &args)?;
+            // Before the pipeline exists: its counters are made on the
+            // global meter, which must already be the exporting one.
+            let telemetry = match &config.otlp_endpoint {
+                Some(endpoint) => {
+                    let telemetry = telemetry::start(
+                        metrics::SERVICE,
+                        config.instance_id.as_deref(),
+                        None,
+                        endpoint,
+                        config.otlp_interval,
+                    )?;
+                    tracing::info!(
+                        endpoint,
+                        interval_ms = config.otlp_interval.as_millis() as u64,
+                        "Exporting metrics"
+                    );
+                    Some(telemetry)
+                }
+                None => None,
+            };
             let shutdown = CancellationToken::new();
             let signals = shutdown.clone();
             tokio::spawn(async move {
@@ -330,7 +365,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 config.state_dir.display(),
                 config.rules_dir.display()
             );
-            let counters = pipeline.run(shutdown).await?;
+            let outcome = pipeline.run(shutdown).await;
+            if let Some(telemetry) = telemetry {
+                stop_telemetry(telemetry).await;
+            }
+            let counters = outcome?;
             eprintln!(
                 "detector: stopped after {} events: {} alerts, {} review, {} audit records, {} dead letters",
                 counters.events,

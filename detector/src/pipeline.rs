@@ -33,6 +33,7 @@ use vigil_schemas::bus::PolledProducer;
 use vigil_schemas::{AuditRecord, bus, decode};
 
 use crate::config::DetectorConfig;
+use crate::metrics::DetectorMetrics;
 use crate::processor::{Input, Output, Processor, bounded};
 use crate::roles::RoleFile;
 use crate::rules::RuleSet;
@@ -517,6 +518,9 @@ pub struct Pipeline {
     revocations: Revocations,
     resume: Arc<Mutex<Resume>>,
     counters: Counters,
+    /// The counters as OpenTelemetry metrics, brought up to date on the
+    /// housekeeping tick and at the end.
+    metrics: DetectorMetrics,
     /// Batches whose outputs are with the broker and whose state waits for
     /// their acknowledgements, oldest first.
     in_flight: VecDeque<InFlight>,
@@ -709,6 +713,7 @@ impl Pipeline {
             },
             resume,
             counters: Counters::default(),
+            metrics: DetectorMetrics::new(),
             in_flight: VecDeque::new(),
             written: HashMap::new(),
             give_up: CancellationToken::new(),
@@ -755,6 +760,7 @@ impl Pipeline {
                     self.flush(std::mem::take(&mut pending)).await?;
                 }
                 _ = housekeeping.tick() => {
+                    self.metrics.record(&self.counters);
                     self.stop_on_unreadable_offset()?;
                     self.reload().await;
                     self.reread_stalled_partitions().await;
@@ -836,6 +842,7 @@ impl Pipeline {
                 .flush(Duration::from_secs(30))
                 .map_err(|e| Error::kafka("flush producer", e))?;
         }
+        self.metrics.record(&self.counters);
         tracing::info!(?self.counters, "Stopped");
         Ok(self.counters)
     }

@@ -21,8 +21,13 @@
 //!   consumers with a short fetch wait (the tansu broker answers a fetch only
 //!   when the wait expires).
 //! - [`error`] — the crate's [`Error`] type.
+//! - `telemetry` (feature `telemetry`) — the services' OpenTelemetry
+//!   metrics: the OTLP/HTTP exporter, off unless an endpoint is given, and
+//!   running totals turned into counters.
 //! - `testkit` (feature `testkit`) — the integration-test harness shared by
-//!   the crates: a private tansu broker on loopback and uniquely named topics.
+//!   the crates: a private tansu broker on loopback and uniquely named topics;
+//!   `otlp_receiver`, an OTLP/HTTP endpoint that keeps the metrics exported
+//!   to it.
 //!
 //! The `.avsc` files under `avro/` are the source of truth for the Avro
 //! contracts; the Rust types mirror them and a test checks every field.
@@ -34,6 +39,10 @@ pub mod bus;
 pub mod codec;
 pub mod error;
 pub mod event;
+#[cfg(feature = "testkit")]
+pub mod otlp_receiver;
+#[cfg(feature = "telemetry")]
+pub mod telemetry;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod topics;

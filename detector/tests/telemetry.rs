@@ -1,0 +1,261 @@
+//! OpenTelemetry metrics: `detector run --otlp-endpoint` exports its
+//! counters over OTLP/HTTP while it runs and once more as it stops, and
+//! the figures match what it really published. An export that fails costs
+//! the detector nothing but a warning.
+//!
+//! The receiver is `vigil_schemas::otlp_receiver` (an OpenTelemetry
+//! Collector cannot be installed here); the exporter, the protocol and the
+//! detector are the real ones.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{MONDAY, file_event, produce_events, produce_raw, read_topic};
+use tokio::io::AsyncReadExt;
+use tokio::process::{Child, Command};
+use vigil_schemas::otlp_receiver::OtlpReceiver;
+use vigil_schemas::testkit::TestBroker;
+use vigil_schemas::{Event, Kind};
+
+const SERVICE: &str = "vigil-detector";
+
+/// A finding for every open of alice's files, so findings are certain.
+const ALICE_RULE: &str = "\
+-- id: alice-opened-phi
+-- title: Alice opened a PHI file
+-- severity: low
+-- hipaa: 164.312(b)
+-- mitre: T1005
+-- version: 1
+SELECT * FROM events
+WHERE is_phi AND kind = 'open' AND errno = 0 AND path LIKE '/srv/phi/alice/%'
+";
+
+fn rules() -> tempfile::TempDir {
+    let rules = tempfile::tempdir().expect("rules dir");
+    std::fs::write(rules.path().join("alice-opened-phi.sql"), ALICE_RULE).expect("write rule");
+    rules
+}
+
+fn spawn_detector(
+    broker: &TestBroker,
+    topics: &common::Topics,
+    state: &std::path::Path,
+    rules: &std::path::Path,
+    otlp_endpoint: &str,
+) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_detector"))
+        .arg("run")
+        .args(["--brokers", broker.bootstrap()])
+        .args(["--group", &format!("{}-group", topics.events)])
+        .args(["--events-topic", &topics.events])
+        .args(["--alerts-topic", &topics.alerts])
+        .args(["--review-topic", &topics.review])
+        .args(["--audit-topic", &topics.audit])
+        .args(["--dlq-topic", &topics.dlq])
+        .arg("--state-dir")
+        .arg(state)
+        .arg("--rules-dir")
+        .arg(rules)
+        .args(["--instance-id", "detector-metrics-0"])
+        .args(["--otlp-endpoint", otlp_endpoint])
+        .args(["--otlp-interval-ms", "300"])
+        .env("VIGIL_LOG", "info")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start detector")
+}
+
+/// Stops the detector with SIGTERM and returns what it logged.
+async fn stop(mut detector: Child) -> String {
+    let pid = detector.id().expect("detector pid") as i32;
+    let mut stderr = detector.stderr.take().expect("piped stderr");
+    let log = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text).await;
+        text
+    });
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("send SIGTERM");
+    let status = tokio::time::timeout(Duration::from_secs(60), detector.wait())
+        .await
+        .expect("the detector stops within 60 s of SIGTERM")
+        .expect("wait for the detector");
+    let log = log.await.expect("log reader");
+    assert!(
+        status.success(),
+        "detector exited with {status}; log:\n{log}"
+    );
+    log
+}
+
+/// 120 opens of PHI by two users, then one record that is not an event.
+fn workload() -> Vec<Event> {
+    (0..120)
+        .map(|i| {
+            let user = if i % 2 == 0 { "alice" } else { "bob" };
+            file_event(
+                user,
+                Kind::Open,
+                &format!("/srv/phi/{user}/{i}.json"),
+                MONDAY + 2 * 3_600_000_000_000 + i * 1_000_000_000,
+                i,
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_are_exported_as_they_grow_and_once_more_at_shutdown() {
+    let broker = TestBroker::start();
+    let topics = common::topics(&broker, 2).await;
+    let state = tempfile::tempdir().expect("state dir");
+    let rules = rules();
+    let receiver = OtlpReceiver::start();
+
+    let events = workload();
+    produce_events(&broker, &topics.events, &events).await;
+    produce_raw(&broker, &topics.events, "mallory", b"not an Avro event").await;
+    let detector = spawn_detector(
+        &broker,
+        &topics,
+        state.path(),
+        rules.path(),
+        &receiver.base_url(),
+    );
+
+    // While it runs: the periodic export brings the counts up to all the
+    // records, without a shutdown.
+    let processed = receiver.wait_for_sum(
+        SERVICE,
+        "vigil.detector.events",
+        events.len() as f64,
+        Duration::from_secs(90),
+    );
+    assert_eq!(
+        processed,
+        Some(events.len() as f64),
+        "vigil.detector.events while running; exported metrics: {:?}",
+        receiver.metric_names(SERVICE)
+    );
+    let dead = receiver.wait_for_sum(
+        SERVICE,
+        "vigil.detector.dead_letters",
+        1.0,
+        Duration::from_secs(10),
+    );
+    assert_eq!(dead, Some(1.0), "the record that is not an event");
+
+    let exports_before_stop = receiver.exports();
+    let log = stop(detector).await;
+    assert!(
+        receiver.exports() > exports_before_stop,
+        "no export at shutdown; log:\n{log}"
+    );
+    assert!(receiver.refused().is_empty(), "{:?}", receiver.refused());
+
+    // The exported figures are what reached the topics.
+    let audit = read_topic(
+        &broker,
+        &topics.audit,
+        events.len(),
+        Duration::from_secs(1),
+        Duration::from_secs(30),
+    )
+    .await;
+    let findings = read_topic(
+        &broker,
+        &topics.review,
+        1,
+        Duration::from_secs(1),
+        Duration::from_secs(10),
+    )
+    .await
+    .len()
+        + read_topic(
+            &broker,
+            &topics.alerts,
+            0,
+            Duration::from_secs(1),
+            Duration::from_secs(2),
+        )
+        .await
+        .len();
+    let dlq = read_topic(
+        &broker,
+        &topics.dlq,
+        1,
+        Duration::from_secs(1),
+        Duration::from_secs(10),
+    )
+    .await;
+    let sum = |name| receiver.latest_sum(SERVICE, name).unwrap_or(-1.0);
+    assert_eq!(sum("vigil.detector.audit_records"), audit.len() as f64);
+    assert!(findings > 0, "alice's opens made no finding");
+    assert_eq!(
+        sum("vigil.detector.alerts") + sum("vigil.detector.review_items"),
+        findings as f64
+    );
+    assert_eq!(sum("vigil.detector.dead_letters"), dlq.len() as f64);
+    assert!(sum("vigil.detector.batches") >= 1.0);
+    // Counters that never grew are exported at 0, not left out.
+    assert_eq!(sum("vigil.detector.rule_errors"), 0.0);
+    assert_eq!(sum("vigil.detector.recreated_partitions"), 0.0);
+    assert!(sum("vigil.detector.process.time") > 0.0);
+    assert_eq!(
+        receiver.resource(SERVICE, "service.instance.id").as_deref(),
+        Some("detector-metrics-0")
+    );
+    assert!(
+        log.contains("Exporting metrics"),
+        "the log does not say where metrics go:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_receiver_costs_a_warning_and_nothing_else() {
+    let broker = TestBroker::start();
+    let topics = common::topics(&broker, 1).await;
+    let state = tempfile::tempdir().expect("state dir");
+    let rules = rules();
+    // A port nothing listens on: bound, then let go.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("address").port()
+    };
+
+    let events = workload();
+    produce_events(&broker, &topics.events, &events).await;
+    let detector = spawn_detector(
+        &broker,
+        &topics,
+        state.path(),
+        rules.path(),
+        &format!("http://127.0.0.1:{closed}"),
+    );
+    let audit = read_topic(
+        &broker,
+        &topics.audit,
+        events.len(),
+        Duration::from_secs(2),
+        Duration::from_secs(90),
+    )
+    .await;
+    let log = stop(detector).await;
+    assert_eq!(audit.len(), events.len(), "log:\n{log}");
+    assert_eq!(
+        log.matches("Metrics export failed").count(),
+        1,
+        "one warning for the whole outage, not one per interval; log:\n{log}"
+    );
+    assert!(log.contains(&format!("127.0.0.1:{closed}")), "{log}");
+}
