@@ -12,6 +12,8 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Deserialize;
 
+use vigil_schemas::telemetry;
+
 use crate::error::{Error, Result};
 
 /// Vigil's node collector: watches PHI access at the system-call boundary
@@ -129,6 +131,19 @@ pub struct Args {
     /// Host name on events. Default: the kernel's host name.
     #[arg(long, env = "VIGIL_HOST", value_name = "NAME")]
     pub host: Option<String>,
+
+    /// Export metrics (records read, events delivered, every kind of loss,
+    /// the backlog: the `vigil.collector.*` metrics) over OTLP/HTTP to this
+    /// receiver, e.g. an OpenTelemetry Collector at http://127.0.0.1:4318
+    /// (`/v1/metrics` is added). Without it, OpenTelemetry's
+    /// OTEL_EXPORTER_OTLP_METRICS_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT is
+    /// used if set; otherwise nothing is exported.
+    #[arg(long, env = "VIGIL_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+
+    /// How often metrics are exported. Default 10s.
+    #[arg(long, env = "VIGIL_OTLP_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub otlp_interval: Option<Duration>,
 }
 
 /// The TOML file: the same settings, all optional.
@@ -152,6 +167,9 @@ pub struct FileConfig {
     pub rollup_interval: Option<Duration>,
     pub tracked_files: Option<u32>,
     pub host: Option<String>,
+    pub otlp_endpoint: Option<String>,
+    #[serde(default, with = "humantime_opt")]
+    pub otlp_interval: Option<Duration>,
 }
 
 mod humantime_opt {
@@ -194,6 +212,9 @@ pub struct Config {
     pub rollup_interval: Duration,
     pub tracked_files: u32,
     pub host: Option<String>,
+    /// Where metrics are exported (the OTLP/HTTP metrics URL), if anywhere.
+    pub otlp_endpoint: Option<String>,
+    pub otlp_interval: Duration,
 }
 
 impl Config {
@@ -249,6 +270,18 @@ impl Config {
                 "stats_interval must be longer than 0, like 1s or 500ms".to_owned(),
             ));
         }
+        let otlp_endpoint =
+            telemetry::metrics_endpoint(args.otlp_endpoint.or(file.otlp_endpoint).as_deref())
+                .map_err(|e| Error::Setting(e.to_string()))?;
+        let otlp_interval = args
+            .otlp_interval
+            .or(file.otlp_interval)
+            .unwrap_or(telemetry::DEFAULT_INTERVAL);
+        if otlp_interval.is_zero() {
+            return Err(Error::Setting(
+                "otlp_interval must be longer than 0, like 10s".to_owned(),
+            ));
+        }
         Ok(Config {
             brokers: args
                 .brokers
@@ -278,6 +311,8 @@ impl Config {
                 .unwrap_or(Duration::from_secs(60)),
             tracked_files,
             host: args.host.or(file.host),
+            otlp_endpoint,
+            otlp_interval,
         })
     }
 }
@@ -333,6 +368,44 @@ mod tests {
         assert_eq!(config.uids, Scope::All);
         assert_eq!(config.ringbuf_bytes, 8 << 20);
         assert_eq!(config.stats_interval, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn the_otlp_endpoint_and_interval_come_from_the_file_unless_flags_say() {
+        let from_file = || {
+            file(
+                r#"
+                otlp_endpoint = "http://otel.example:4318"
+                otlp_interval = "30s"
+                "#,
+            )
+        };
+        let config = Config::merge(Args::default(), from_file()).expect("valid");
+        assert_eq!(
+            config.otlp_endpoint.as_deref(),
+            Some("http://otel.example:4318/v1/metrics")
+        );
+        assert_eq!(config.otlp_interval, Duration::from_secs(30));
+        let args = Args::parse_from([
+            "collector",
+            "--otlp-endpoint",
+            "http://127.0.0.1:4318/",
+            "--otlp-interval",
+            "2s",
+        ]);
+        let config = Config::merge(args, from_file()).expect("valid");
+        assert_eq!(
+            config.otlp_endpoint.as_deref(),
+            Some("http://127.0.0.1:4318/v1/metrics")
+        );
+        assert_eq!(config.otlp_interval, Duration::from_secs(2));
+        let refused = Config::merge(
+            Args::parse_from(["collector", "--otlp-endpoint", "otel:4318"]),
+            FileConfig::default(),
+        )
+        .expect_err("no scheme")
+        .to_string();
+        assert!(refused.contains("expected an http:// URL"), "{refused}");
     }
 
     #[test]

@@ -16,12 +16,15 @@
 //!   wall-clock time.
 //! - [`publish`] — sequence numbers, the bounded queue, gap events, the
 //!   idempotent producer.
+//! - [`metrics`] — the figures as OpenTelemetry metrics
+//!   (`vigil.collector.*`).
 //! - [`error`] — the crate's [`Error`].
 
 pub mod config;
 pub mod enrich;
 pub mod error;
 pub mod loader;
+pub mod metrics;
 pub mod publish;
 pub mod record;
 pub mod scope;
@@ -39,6 +42,7 @@ pub use error::{Error, Result};
 
 use enrich::{Enricher, kind_of};
 use loader::{DropCounters, KernelLoss, Probes};
+use metrics::{CollectorMetrics, Figures};
 use publish::Outbox;
 use record::RawRecord;
 
@@ -115,6 +119,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary>
 
     let mut enricher = Enricher::new(host.clone());
     let mut records = 0u64;
+    let mut metrics = CollectorMetrics::new();
     info!(
         programs = probes.attached(),
         host = %host,
@@ -152,6 +157,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary>
                 let delivered = deliveries.delivered.load(Ordering::Relaxed);
                 let stalled = delivered == last_delivered && in_flight > 0;
                 last_delivered = delivered;
+                metrics.record(&Figures {
+                    records,
+                    delivered,
+                    kernel_drops: drops.total(),
+                    untracked_files: drops.untracked(),
+                    skipped_runs: probes.skipped_total(),
+                    queue_drops: outbox.lost_total(),
+                    refused: deliveries.refused_total.load(Ordering::Relaxed),
+                    renewed: deliveries.renewed.load(Ordering::Relaxed),
+                    queued: outbox.backlog() as u64,
+                    in_flight,
+                });
                 if stalled || outbox.backlog() > 0 {
                     warn!(
                         queued = outbox.backlog(),
@@ -243,6 +260,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary>
         refused: deliveries.refused_total.load(Ordering::Relaxed),
         renewed: deliveries.renewed.load(Ordering::Relaxed),
     };
+    metrics.record(&Figures {
+        records: summary.records,
+        delivered: deliveries.delivered.load(Ordering::Relaxed),
+        kernel_drops: summary.kernel_drops,
+        untracked_files: summary.untracked_files,
+        skipped_runs: summary.skipped_runs,
+        queue_drops: summary.queue_drops,
+        refused: summary.refused,
+        renewed: summary.renewed,
+        queued: 0,
+        in_flight: deliveries.in_flight(),
+    });
     let late = deliveries.take_refused();
     if late.lost() > 0 || late.gaps > 0 {
         error!(

@@ -7,7 +7,8 @@ use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
-use vigil_collector::{Args, Config};
+use vigil_collector::{Args, Config, metrics};
+use vigil_schemas::telemetry;
 
 /// Every event is a handful of short strings and an encoded buffer; glibc's
 /// malloc and free took about a fifth of the collector's time during a
@@ -35,6 +36,43 @@ fn main() -> std::process::ExitCode {
 
 fn run(args: Args) -> anyhow::Result<()> {
     let config = Config::load(args).context("configuration")?;
+    // Before the collector starts: its instruments are made on the global
+    // meter, which must already be the exporting one.
+    let telemetry = match &config.otlp_endpoint {
+        Some(endpoint) => {
+            let host = config
+                .host
+                .clone()
+                .unwrap_or_else(vigil_collector::enrich::host_name);
+            let telemetry = telemetry::start(
+                metrics::SERVICE,
+                None,
+                Some(&host),
+                endpoint,
+                config.otlp_interval,
+            )?;
+            tracing::info!(
+                endpoint,
+                interval = %humantime::format_duration(config.otlp_interval),
+                "Exporting metrics"
+            );
+            Some(telemetry)
+        }
+        None => None,
+    };
+    let outcome = collect(config);
+    // The last figures, sent as the provider shuts down (it blocks up to
+    // its export timeout).
+    if let Some(telemetry) = telemetry {
+        let endpoint = telemetry.endpoint().to_owned();
+        if let Err(error) = telemetry.shutdown() {
+            tracing::warn!(%endpoint, %error, "The last metrics export failed");
+        }
+    }
+    outcome
+}
+
+fn collect(config: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -81,8 +81,8 @@ impl OtlpReceiver {
         self.lock().refused.clone()
     }
 
-    /// The value of the sum (counter) `name` in the latest export of
-    /// `service` that carried it, added over its data points.
+    /// The value of the counter (sum) or gauge `name` in the latest export
+    /// of `service` that carried it, added over its data points.
     pub fn latest_sum(&self, service: &str, name: &str) -> Option<f64> {
         let received = self.lock();
         received.exports.iter().rev().find_map(|export| {
@@ -93,9 +93,14 @@ impl OtlpReceiver {
                 .flat_map(|rm| &rm.scope_metrics)
                 .flat_map(|sm| &sm.metrics)
                 .filter(|m| m.name == name)
-                .find_map(|m| match &m.data {
-                    Some(metric::Data::Sum(sum)) => Some(
-                        sum.data_points
+                .find_map(|m| {
+                    let points = match &m.data {
+                        Some(metric::Data::Sum(sum)) => &sum.data_points,
+                        Some(metric::Data::Gauge(gauge)) => &gauge.data_points,
+                        _ => return None,
+                    };
+                    Some(
+                        points
                             .iter()
                             .map(|p| match p.value {
                                 Some(number_data_point::Value::AsInt(v)) => v as f64,
@@ -103,8 +108,7 @@ impl OtlpReceiver {
                                 None => 0.0,
                             })
                             .sum(),
-                    ),
-                    _ => None,
+                    )
                 })
         })
     }

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Counter, Meter};
+use opentelemetry::metrics::{Counter, Gauge, Meter};
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
@@ -278,6 +278,37 @@ impl Total {
             self.counter.add(total - self.reported, &[]);
             self.reported = total;
         }
+    }
+}
+
+/// A quantity that goes up and down (a queue's length), exported as a
+/// gauge of its latest value.
+#[derive(Debug)]
+pub struct Level {
+    gauge: Gauge<u64>,
+}
+
+impl Level {
+    /// A gauge named `name` with its unit and a one-line description;
+    /// exported from the start, at 0 until set.
+    pub fn new(
+        meter: &Meter,
+        name: &'static str,
+        unit: &'static str,
+        about: &'static str,
+    ) -> Level {
+        let gauge = meter
+            .u64_gauge(name)
+            .with_unit(unit)
+            .with_description(about)
+            .build();
+        gauge.record(0, &[]);
+        Level { gauge }
+    }
+
+    /// Records the quantity as it is now.
+    pub fn set(&self, value: u64) {
+        self.gauge.record(value, &[]);
     }
 }
 
