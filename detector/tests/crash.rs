@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::{DAY, MONDAY, alert_json, file_event, produce_events, read_topic};
 use rdkafka::Message;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use vigil_detector::audit_chain::Verifier;
 use vigil_detector::processor::{Input, Processor};
 use vigil_detector::roles::RoleFile;
@@ -28,23 +28,11 @@ fn spawn_detector(
     rules: &std::path::Path,
     abort_after_batch: Option<u64>,
 ) -> Child {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_detector"));
+    let mut command = common::detector_command(broker, topics, state, rules);
     if let Some(batch) = abort_after_batch {
         command.env("VIGIL_TEST_ABORT_AFTER_PUBLISH", batch.to_string());
     }
     command
-        .arg("run")
-        .args(["--brokers", broker.bootstrap()])
-        .args(["--group", &format!("{}-group", topics.events)])
-        .args(["--events-topic", &topics.events])
-        .args(["--alerts-topic", &topics.alerts])
-        .args(["--review-topic", &topics.review])
-        .args(["--audit-topic", &topics.audit])
-        .args(["--dlq-topic", &topics.dlq])
-        .arg("--state-dir")
-        .arg(state)
-        .arg("--rules-dir")
-        .arg(rules)
         .args(["--learning-days", "1", "--batch-rows", "64"])
         .args(["--instance-id", "detector-0"])
         .env(
@@ -54,7 +42,6 @@ fn spawn_detector(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
-        .kill_on_drop(true)
         .spawn()
         .expect("start detector")
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::{MONDAY, file_event, produce_events, produce_raw, read_topic};
 use tokio::io::AsyncReadExt;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use vigil_schemas::otlp_receiver::OtlpReceiver;
 use vigil_schemas::testkit::TestBroker;
 use vigil_schemas::{Event, Kind};
@@ -46,19 +46,7 @@ fn spawn_detector(
     rules: &std::path::Path,
     otlp_endpoint: &str,
 ) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_detector"))
-        .arg("run")
-        .args(["--brokers", broker.bootstrap()])
-        .args(["--group", &format!("{}-group", topics.events)])
-        .args(["--events-topic", &topics.events])
-        .args(["--alerts-topic", &topics.alerts])
-        .args(["--review-topic", &topics.review])
-        .args(["--audit-topic", &topics.audit])
-        .args(["--dlq-topic", &topics.dlq])
-        .arg("--state-dir")
-        .arg(state)
-        .arg("--rules-dir")
-        .arg(rules)
+    common::detector_command(broker, topics, state, rules)
         .args(["--instance-id", "detector-metrics-0"])
         .args(["--otlp-endpoint", otlp_endpoint])
         .args(["--otlp-interval-ms", "300"])
@@ -68,7 +56,6 @@ fn spawn_detector(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .expect("start detector")
 }

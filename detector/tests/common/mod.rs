@@ -90,6 +90,33 @@ pub async fn spawn_detector(
 
 pub use vigil_schemas::testkit::file_event;
 
+/// `detector run` as a child process on the test's broker, topics, state
+/// and rules; the caller adds its own flags, environment and stdio, and
+/// spawns it.
+pub fn detector_command(
+    broker: &TestBroker,
+    topics: &Topics,
+    state: &Path,
+    rules: &Path,
+) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_detector"));
+    command
+        .arg("run")
+        .args(["--brokers", broker.bootstrap()])
+        .args(["--group", &format!("{}-group", topics.events)])
+        .args(["--events-topic", &topics.events])
+        .args(["--alerts-topic", &topics.alerts])
+        .args(["--review-topic", &topics.review])
+        .args(["--audit-topic", &topics.audit])
+        .args(["--dlq-topic", &topics.dlq])
+        .arg("--state-dir")
+        .arg(state)
+        .arg("--rules-dir")
+        .arg(rules)
+        .kill_on_drop(true);
+    command
+}
+
 pub async fn produce_events(broker: &TestBroker, topic: &str, events: &[Event]) {
     produce_with(&broker.producer(), topic, events).await;
 }
