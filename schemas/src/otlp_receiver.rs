@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value;
-use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
+use opentelemetry_proto::tonic::metrics::v1::{Metric, ResourceMetrics, metric, number_data_point};
 use prost::Message;
 
 /// What the receiver took in.
@@ -86,12 +86,7 @@ impl OtlpReceiver {
     pub fn latest_sum(&self, service: &str, name: &str) -> Option<f64> {
         let received = self.lock();
         received.exports.iter().rev().find_map(|export| {
-            export
-                .resource_metrics
-                .iter()
-                .filter(|rm| resource_attribute(rm, "service.name").as_deref() == Some(service))
-                .flat_map(|rm| &rm.scope_metrics)
-                .flat_map(|sm| &sm.metrics)
+            metrics_of(export, service)
                 .filter(|m| m.name == name)
                 .find_map(|m| {
                     let points = match &m.data {
@@ -137,10 +132,8 @@ impl OtlpReceiver {
     pub fn resource(&self, service: &str, key: &str) -> Option<String> {
         let received = self.lock();
         received.exports.iter().rev().find_map(|export| {
-            export
-                .resource_metrics
-                .iter()
-                .find(|rm| resource_attribute(rm, "service.name").as_deref() == Some(service))
+            resources_of(export, service)
+                .next()
                 .and_then(|rm| resource_attribute(rm, key))
         })
     }
@@ -151,10 +144,7 @@ impl OtlpReceiver {
         let mut names: Vec<String> = received
             .exports
             .iter()
-            .flat_map(|e| &e.resource_metrics)
-            .filter(|rm| resource_attribute(rm, "service.name").as_deref() == Some(service))
-            .flat_map(|rm| &rm.scope_metrics)
-            .flat_map(|sm| &sm.metrics)
+            .flat_map(|export| metrics_of(export, service))
             .map(|m| m.name.clone())
             .collect();
         names.sort();
@@ -175,10 +165,28 @@ impl Drop for OtlpReceiver {
     }
 }
 
-fn resource_attribute(
-    rm: &opentelemetry_proto::tonic::metrics::v1::ResourceMetrics,
-    key: &str,
-) -> Option<String> {
+/// The parts of `export` whose resource is `service`.
+fn resources_of<'a>(
+    export: &'a ExportMetricsServiceRequest,
+    service: &'a str,
+) -> impl Iterator<Item = &'a ResourceMetrics> {
+    export
+        .resource_metrics
+        .iter()
+        .filter(move |rm| resource_attribute(rm, "service.name").as_deref() == Some(service))
+}
+
+/// Every metric of `service` in `export`.
+fn metrics_of<'a>(
+    export: &'a ExportMetricsServiceRequest,
+    service: &'a str,
+) -> impl Iterator<Item = &'a Metric> {
+    resources_of(export, service)
+        .flat_map(|rm| &rm.scope_metrics)
+        .flat_map(|sm| &sm.metrics)
+}
+
+fn resource_attribute(rm: &ResourceMetrics, key: &str) -> Option<String> {
     rm.resource
         .as_ref()?
         .attributes
