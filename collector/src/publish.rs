@@ -45,6 +45,7 @@ use rdkafka::{ClientContext, Message};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
+use vigil_schemas::bus::ClientErrors;
 use vigil_schemas::{Event, Gap, Kind};
 
 use crate::error::Result;
@@ -301,14 +302,16 @@ impl Refused {
 #[derive(Debug, Clone, Default)]
 pub struct Deliveries {
     stats: Arc<DeliveryStats>,
+    errors: Arc<ClientErrors>,
 }
 
 impl ClientContext for Deliveries {
-    /// Logs as rdkafka's default does, and has the publisher check whether
-    /// the error is fatal: the code passed here is the underlying one (an
-    /// out-of-order sequence, say), not librdkafka's "fatal" marker.
+    /// Logs it (the flood of an outage thinned, see [`ClientErrors`]), and
+    /// has the publisher check whether the error is fatal: the code passed
+    /// here is the underlying one (an out-of-order sequence, say), not
+    /// librdkafka's "fatal" marker.
     fn error(&self, error: KafkaError, reason: &str) {
-        error!(target: "librdkafka", "librdkafka: {error}: {reason}");
+        self.errors.report(&error, reason);
         self.stats.errors.notify_one();
     }
 }

@@ -111,6 +111,16 @@ async fn events_collected_while_the_broker_is_down_arrive_once_and_in_order() {
         backlog_reported,
         "the outage's backlog is reported:\n{stderr}"
     );
+    // librdkafka's own reports of the outage (its idempotent producer
+    // says "all brokers are down" at every reconnection attempt, dozens of
+    // times a second) are thinned to one line per kind and minute.
+    for kind in ["AllBrokersDown", "BrokerTransportFailure"] {
+        let lines = stderr
+            .lines()
+            .filter(|l| l.contains("Global error") && l.contains(kind))
+            .count();
+        assert!(lines <= 1, "{lines} lines of {kind}:\n{stderr}");
+    }
     assert!(
         events
             .iter()

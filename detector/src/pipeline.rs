@@ -29,7 +29,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
-use vigil_schemas::bus::PolledProducer;
+use vigil_schemas::bus::{ClientErrors, PolledProducer};
 use vigil_schemas::{AuditRecord, bus, decode};
 
 use crate::config::DetectorConfig;
@@ -133,9 +133,14 @@ struct DetectorContext {
     revoked: Arc<AtomicBool>,
     resume_exact: bool,
     resume: Arc<Mutex<Resume>>,
+    errors: ClientErrors,
 }
 
-impl ClientContext for DetectorContext {}
+impl ClientContext for DetectorContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.errors.report(&error, reason);
+    }
+}
 
 impl ConsumerContext for DetectorContext {
     fn rebalance(
@@ -571,9 +576,16 @@ type Ack = tokio::sync::oneshot::Receiver<std::result::Result<(), KafkaError>>;
 type AckSender = Box<tokio::sync::oneshot::Sender<std::result::Result<(), KafkaError>>>;
 
 /// Producer context: sends each record's delivery report to its [`Ack`].
-struct Acks;
+#[derive(Default)]
+struct Acks {
+    errors: ClientErrors,
+}
 
-impl ClientContext for Acks {}
+impl ClientContext for Acks {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.errors.report(&error, reason);
+    }
+}
 
 impl ProducerContext for Acks {
     type DeliveryOpaque = AckSender;
@@ -634,6 +646,7 @@ impl Pipeline {
             revoked: revoked.clone(),
             resume_exact: config.resume_exact,
             resume: resume.clone(),
+            errors: ClientErrors::default(),
         };
         let mut consumer_config = bus::consumer_config(&config.brokers, &config.group);
         if let Some(instance) = &config.instance_id {
@@ -685,10 +698,11 @@ impl Pipeline {
         // and the batches wait uncommitted meanwhile.
         let mut output_config = bus::producer_config(&config.brokers);
         output_config.set("message.timeout.ms", "0");
-        let producer = PolledProducer::create(&output_config, Acks)
+        let producer = PolledProducer::create(&output_config, Acks::default())
             .map_err(|e| Error::kafka("create producer", e))?;
-        let alert_producer = PolledProducer::create(output_config.set("linger.ms", "0"), Acks)
-            .map_err(|e| Error::kafka("create alert producer", e))?;
+        let alert_producer =
+            PolledProducer::create(output_config.set("linger.ms", "0"), Acks::default())
+                .map_err(|e| Error::kafka("create alert producer", e))?;
         consumer
             .subscribe(&[&config.events_topic])
             .map_err(|e| Error::kafka(format!("subscribe to {}", config.events_topic), e))?;

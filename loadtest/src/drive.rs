@@ -24,7 +24,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
-use vigil_schemas::bus::PolledProducer;
+use vigil_schemas::bus::{ClientErrors, PolledProducer};
 use vigil_schemas::{Alert, Event, bus, encode};
 
 use crate::hospital::{DAY_NS, HOUR_NS, Hospital, Role, canary_event};
@@ -137,9 +137,14 @@ struct Delivery {
     delivered: AtomicU64,
     failed: AtomicU64,
     first_error: Mutex<Option<String>>,
+    errors: ClientErrors,
 }
 
-impl ClientContext for Delivery {}
+impl ClientContext for Delivery {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.errors.report(&error, reason);
+    }
+}
 
 impl ProducerContext for Delivery {
     /// A canary's event timestamp (ns), 0 for every other event.

@@ -5,7 +5,13 @@
 //! (each hop through tansu costs about 3 ms at 1 ms and 5 ms at 5 ms); with
 //! Apache Kafka the short wait costs a little CPU and nothing else.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
 use rdkafka::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
 
 /// Consumer fetch wait, in milliseconds: the latency floor on tansu.
 /// `VIGIL_FETCH_WAIT_MS` overrides it for every consumer of a process (a
@@ -146,5 +152,127 @@ impl<C: rdkafka::producer::ProducerContext + 'static> std::fmt::Debug for Polled
         f.debug_struct("PolledProducer")
             .field("in_flight", &self.producer.in_flight_count())
             .finish_non_exhaustive()
+    }
+}
+
+/// How long after logging one of librdkafka's client-wide errors the same
+/// kind is only counted (see [`ClientErrors`]).
+pub const ERROR_REPEAT_WINDOW: Duration = Duration::from_secs(60);
+
+/// librdkafka's client-wide errors (a client context's `error`), logged
+/// without the flood a broker outage brings: an idempotent producer reports
+/// "all brokers are down" at every reconnection attempt, up to 40 times a
+/// second. The first error of each kind is logged; the same kind again
+/// within [`ERROR_REPEAT_WINDOW`] is counted, and the count goes out with
+/// the next one logged after the window. The services say themselves, once,
+/// that the broker does not answer; these lines are librdkafka's detail.
+#[derive(Debug, Default)]
+pub struct ClientErrors {
+    /// By librdkafka's error code (`None`: an error without one).
+    kinds: Mutex<HashMap<Option<i32>, Repeats>>,
+}
+
+#[derive(Debug)]
+struct Repeats {
+    logged: Instant,
+    unlogged: u64,
+}
+
+impl ClientErrors {
+    /// Logs `error` (with librdkafka's `reason`) unless its kind was logged
+    /// less than [`ERROR_REPEAT_WINDOW`] ago. Transport trouble (a broker
+    /// not answering or not resolving) is a warning, anything else an error.
+    pub fn report(&self, error: &KafkaError, reason: &str) {
+        let code = error.rdkafka_error_code();
+        let Some(unlogged) = self.admit(code.map(|c| c as i32), Instant::now()) else {
+            return;
+        };
+        let repeats = if unlogged > 0 {
+            format!(
+                " ({unlogged} more like it in the last {} s not logged)",
+                ERROR_REPEAT_WINDOW.as_secs()
+            )
+        } else {
+            String::new()
+        };
+        if code.is_some_and(is_transport) {
+            tracing::warn!(target: "librdkafka", "librdkafka: {error}: {reason}{repeats}");
+        } else {
+            tracing::error!(target: "librdkafka", "librdkafka: {error}: {reason}{repeats}");
+        }
+    }
+
+    /// Whether an error of kind `code` seen at `now` is logged, and if so
+    /// how many of its kind went unlogged since the last one that was.
+    fn admit(&self, code: Option<i32>, now: Instant) -> Option<u64> {
+        let mut kinds = self.kinds.lock().unwrap_or_else(PoisonError::into_inner);
+        match kinds.get_mut(&code) {
+            Some(repeats) if now.duration_since(repeats.logged) < ERROR_REPEAT_WINDOW => {
+                repeats.unlogged += 1;
+                None
+            }
+            Some(repeats) => {
+                repeats.logged = now;
+                Some(std::mem::take(&mut repeats.unlogged))
+            }
+            None => {
+                kinds.insert(
+                    code,
+                    Repeats {
+                        logged: now,
+                        unlogged: 0,
+                    },
+                );
+                Some(0)
+            }
+        }
+    }
+}
+
+/// Errors that mean the broker cannot be reached, which librdkafka retries
+/// by itself.
+fn is_transport(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::BrokerTransportFailure
+            | RDKafkaErrorCode::AllBrokersDown
+            | RDKafkaErrorCode::Resolve
+            | RDKafkaErrorCode::OperationTimedOut
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_kind_is_logged_once_a_window_with_the_count_of_its_repeats() {
+        let errors = ClientErrors::default();
+        let start = Instant::now();
+        let down = Some(RDKafkaErrorCode::AllBrokersDown as i32);
+        let refused = Some(RDKafkaErrorCode::BrokerTransportFailure as i32);
+        assert_eq!(errors.admit(down, start), Some(0));
+        // The flood of an outage: counted, not logged.
+        for tenth in 1..400 {
+            let at = start + Duration::from_millis(100 * tenth);
+            assert_eq!(errors.admit(down, at), None, "at {tenth}/10 s");
+        }
+        // Another kind has a window of its own.
+        assert_eq!(
+            errors.admit(refused, start + Duration::from_secs(5)),
+            Some(0)
+        );
+        assert_eq!(errors.admit(None, start + Duration::from_secs(5)), Some(0));
+        // After the window: logged, with what went unlogged.
+        assert_eq!(errors.admit(down, start + ERROR_REPEAT_WINDOW), Some(399));
+        assert_eq!(
+            errors.admit(down, start + ERROR_REPEAT_WINDOW + Duration::from_secs(1)),
+            None
+        );
+        assert_eq!(
+            errors.admit(down, start + 3 * ERROR_REPEAT_WINDOW),
+            Some(1),
+            "a quiet spell: the next one is logged with the one repeat before it"
+        );
     }
 }
