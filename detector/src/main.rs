@@ -1,7 +1,7 @@
 //! `detector`: Vigil's detector service and its operator commands.
 
 use std::collections::BTreeMap;
-use std::io::BufRead;
+use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -193,6 +193,8 @@ async fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: journald and log files get plain text.
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .init();
     match run(Cli::parse()).await {
         Ok(code) => code,
@@ -420,7 +422,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             idle_timeout,
             color,
         } => {
-            use std::io::IsTerminal;
             let color = match color.as_str() {
                 "always" => true,
                 "never" => false,
