@@ -110,12 +110,13 @@ pub struct RunArgs {
     #[arg(long, env = "VIGIL_MAX_CLOCK_SKEW_MS")]
     pub max_clock_skew_ms: Option<u64>,
 
-    /// Export metrics (events, alerts, dead letters, time per stage: the
-    /// `vigil.detector.*` counters) over OTLP/HTTP to this receiver, e.g.
-    /// an OpenTelemetry Collector at http://127.0.0.1:4318 (`/v1/metrics`
-    /// is added). Without it, OpenTelemetry's
-    /// `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT`
-    /// is used if set; otherwise nothing is exported.
+    /// Export metrics (events, alerts, dead letters, time per stage, the
+    /// consumer lag: the `vigil.detector.*` instruments) over OTLP/HTTP to
+    /// this receiver, e.g. an OpenTelemetry Collector at
+    /// http://127.0.0.1:4318 (`/v1/metrics` is added). Without it,
+    /// OpenTelemetry's `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` or
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` is used if set; otherwise nothing is
+    /// exported.
     #[arg(long, env = "VIGIL_OTLP_ENDPOINT", value_name = "URL")]
     pub otlp_endpoint: Option<String>,
 

@@ -1,15 +1,16 @@
 //! The detector's OpenTelemetry metrics: its running [`Counters`] as
-//! monotonic counters named `vigil.detector.*`, exported when `detector run`
-//! is given an OTLP endpoint (see `vigil_schemas::telemetry`).
+//! monotonic counters named `vigil.detector.*`, and its consumer lag as a
+//! gauge, exported when `detector run` is given an OTLP endpoint (see
+//! `vigil_schemas::telemetry`).
 
-use vigil_schemas::telemetry::{self, Seconds, Total};
+use vigil_schemas::telemetry::{self, Level, Seconds, Total};
 
 use crate::pipeline::Counters;
 
 /// The meter's name, and `service.name` of the exported resource.
 pub const SERVICE: &str = "vigil-detector";
 
-/// One counter per field of [`Counters`].
+/// One counter per field of [`Counters`], and the consumer lag.
 #[derive(Debug)]
 pub struct DetectorMetrics {
     batches: Total,
@@ -27,6 +28,7 @@ pub struct DetectorMetrics {
     process_time: Seconds,
     publish_time: Seconds,
     settle_time: Seconds,
+    consumer_lag: Level,
 }
 
 impl DetectorMetrics {
@@ -109,6 +111,12 @@ impl DetectorMetrics {
                 "vigil.detector.settle.time",
                 "Time spent waiting for earlier batches' acknowledgements and writing their state",
             ),
+            consumer_lag: Level::once_known(
+                &meter,
+                "vigil.detector.consumer_lag",
+                "{event}",
+                "Events in the assigned events partitions not yet processed and written to the state store",
+            ),
         }
     }
 
@@ -129,6 +137,11 @@ impl DetectorMetrics {
         self.process_time.set(c.process_time);
         self.publish_time.set(c.publish_time);
         self.settle_time.set(c.settle_time);
+    }
+
+    /// Records the consumer lag as it stands.
+    pub fn record_lag(&self, lag: u64) {
+        self.consumer_lag.set(lag);
     }
 }
 

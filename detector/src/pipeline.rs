@@ -26,6 +26,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer}
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
@@ -49,6 +50,9 @@ const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 const IDLE_CHECKPOINT: Duration = Duration::from_millis(50);
 /// How often progress is logged.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
+/// How often librdkafka reports the events partitions' end offsets, from
+/// which the consumer lag is worked out on the housekeeping tick.
+const STATISTICS_INTERVAL: Duration = RELOAD_INTERVAL;
 /// How long a stopping detector still waits for the broker to acknowledge
 /// published outputs. Past it the service ends without committing those
 /// batches (the next start processes their events again).
@@ -113,6 +117,12 @@ fn lock_resume(resume: &Mutex<Resume>) -> std::sync::MutexGuard<'_, Resume> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// A consumer lag for the log: a number, or `unknown` before the broker
+/// has reported where the partitions end.
+fn lag_text(lag: Option<u64>) -> String {
+    lag.map_or_else(|| "unknown".to_owned(), |lag| lag.to_string())
+}
+
 /// What a consumed record that [`Pipeline::accept`] did not take says
 /// about its partition.
 #[derive(Debug)]
@@ -127,18 +137,92 @@ enum Reread {
     },
 }
 
-/// Consumer context: resumes assigned partitions from the stored offsets.
+/// Where an events partition's log starts and ends, as the broker last
+/// told librdkafka (its statistics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Extent {
+    start: i64,
+    end: i64,
+}
+
+/// Consumer context: resumes assigned partitions from the stored offsets,
+/// and keeps the events partitions' [`Extent`]s from librdkafka's
+/// statistics.
 struct DetectorContext {
     store: Arc<dyn StateStore>,
     revoked: Arc<AtomicBool>,
     resume_exact: bool,
     resume: Arc<Mutex<Resume>>,
+    events_topic: String,
+    extents: Mutex<HashMap<i32, Extent>>,
     errors: ClientErrors,
+}
+
+impl DetectorContext {
+    /// Events of the assigned partitions not yet processed: each
+    /// partition's end less the next offset to process, the later of what
+    /// this run `processed` and what the state store holds (an earlier run,
+    /// or another instance before a rebalance), or less the partition's
+    /// start when none of it was ever processed. `None` until the broker
+    /// has given the end of at least one assigned partition.
+    fn lag(&self, assigned: &[i32], processed: &HashMap<i32, i64>) -> Option<u64> {
+        let extents = self
+            .extents
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut lag = None;
+        for partition in assigned {
+            let Some(extent) = extents.get(partition) else {
+                continue;
+            };
+            let stored = match self.store.offset(&self.events_topic, *partition) {
+                Ok(stored) => stored,
+                // Unknown progress: the partition is left out rather than
+                // guessed at.
+                Err(_) => continue,
+            };
+            let next = stored
+                .max(processed.get(partition).copied())
+                .unwrap_or(extent.start);
+            *lag.get_or_insert(0) += extent.end.saturating_sub(next).max(0) as u64;
+        }
+        lag
+    }
 }
 
 impl ClientContext for DetectorContext {
     fn error(&self, error: KafkaError, reason: &str) {
         self.errors.report(&error, reason);
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        let Some(topic) = statistics.topics.get(&self.events_topic) else {
+            return;
+        };
+        let mut extents = self
+            .extents
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (&partition, p) in &topic.partitions {
+            // Partition -1 is librdkafka's bookkeeping for records not yet
+            // given a partition. The end is the last stable offset (the
+            // consumer reads committed records only), or the high
+            // watermark when the broker gave none; -1 means not known yet.
+            let end = if p.ls_offset >= 0 {
+                p.ls_offset
+            } else {
+                p.hi_offset
+            };
+            if partition >= 0 && end >= 0 {
+                extents.insert(
+                    partition,
+                    Extent {
+                        start: p.lo_offset.max(0),
+                        end,
+                    },
+                );
+            }
+        }
     }
 }
 
@@ -531,6 +615,9 @@ pub struct Pipeline {
     in_flight: VecDeque<InFlight>,
     /// Next offset per events partition as last written to the state store.
     written: HashMap<i32, i64>,
+    /// Next offset per events partition after the last batch processed
+    /// (its outputs published or not yet), for the consumer lag.
+    processed: HashMap<i32, i64>,
     /// Cancelled [`SHUTDOWN_GRACE`] after shutdown: stop waiting for the
     /// broker.
     give_up: CancellationToken,
@@ -646,9 +733,15 @@ impl Pipeline {
             revoked: revoked.clone(),
             resume_exact: config.resume_exact,
             resume: resume.clone(),
+            events_topic: config.events_topic.clone(),
+            extents: Mutex::new(HashMap::new()),
             errors: ClientErrors::default(),
         };
         let mut consumer_config = bus::consumer_config(&config.brokers, &config.group);
+        consumer_config.set(
+            "statistics.interval.ms",
+            STATISTICS_INTERVAL.as_millis().to_string(),
+        );
         if let Some(instance) = &config.instance_id {
             consumer_config.set("group.instance.id", instance);
         }
@@ -730,6 +823,7 @@ impl Pipeline {
             metrics: DetectorMetrics::new(),
             in_flight: VecDeque::new(),
             written: HashMap::new(),
+            processed: HashMap::new(),
             give_up: CancellationToken::new(),
             abort_after_publish: std::env::var("VIGIL_TEST_ABORT_AFTER_PUBLISH")
                 .ok()
@@ -775,6 +869,9 @@ impl Pipeline {
                 }
                 _ = housekeeping.tick() => {
                     self.metrics.record(&self.counters);
+                    if let Some(lag) = self.consumer_lag() {
+                        self.metrics.record_lag(lag);
+                    }
                     self.stop_on_unreadable_offset()?;
                     self.reload().await;
                     self.reread_stalled_partitions().await;
@@ -857,13 +954,30 @@ impl Pipeline {
                 .map_err(|e| Error::kafka("flush producer", e))?;
         }
         self.metrics.record(&self.counters);
-        tracing::info!(?self.counters, "Stopped");
+        let lag = self.consumer_lag();
+        if let Some(lag) = lag {
+            self.metrics.record_lag(lag);
+        }
+        tracing::info!(?self.counters, consumer_lag = %lag_text(lag), "Stopped");
         Ok(self.counters)
+    }
+
+    /// Events of the assigned partitions not yet processed (see
+    /// [`DetectorContext::lag`]).
+    fn consumer_lag(&self) -> Option<u64> {
+        let assignment = self.consumer.assignment().ok()?;
+        let assigned: Vec<i32> = assignment
+            .elements_for_topic(&self.config.events_topic)
+            .iter()
+            .map(|e| e.partition())
+            .collect();
+        self.consumer.context().lag(&assigned, &self.processed)
     }
 
     fn log_progress(&self) {
         let c = self.counters;
         tracing::info!(
+            consumer_lag = %lag_text(self.consumer_lag()),
             batches = c.batches,
             events = c.events,
             alerts = c.alerts,
@@ -1159,7 +1273,12 @@ impl Pipeline {
         if inputs.is_empty() {
             return Ok(());
         }
-        let partitions: HashSet<i32> = inputs.iter().map(|i| i.partition).collect();
+        let mut partitions = HashSet::new();
+        for input in &inputs {
+            partitions.insert(input.partition);
+            let next = self.processed.entry(input.partition).or_insert(0);
+            *next = (*next).max(input.offset + 1);
+        }
         self.open_chains(partitions.iter().copied()).await?;
 
         // Findings go out as soon as the rules have run; the audit records
@@ -1258,6 +1377,7 @@ impl Pipeline {
             now_unix_ns(),
         );
         self.written.remove(&partition);
+        self.processed.remove(&partition);
         let mut resume = lock_resume(&self.resume);
         resume.skip_below.remove(&partition);
         resume.accepted.remove(&partition);
@@ -1583,6 +1703,50 @@ pub fn now_unix_ns() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lag_counts_from_the_later_of_processed_and_stored_offsets() {
+        let dir = tempfile::tempdir().expect("state dir");
+        let store = RocksStore::open(dir.path()).expect("open the store");
+        store
+            .commit(StateWrite {
+                offsets: vec![("events".into(), 0, 40), ("events".into(), 1, 10)],
+                ..StateWrite::default()
+            })
+            .expect("store offsets");
+        let context = DetectorContext {
+            store: Arc::new(store),
+            revoked: Arc::new(AtomicBool::new(false)),
+            resume_exact: false,
+            resume: Arc::new(Mutex::new(Resume::default())),
+            events_topic: "events".into(),
+            extents: Mutex::new(HashMap::new()),
+            errors: ClientErrors::default(),
+        };
+        // Nothing known of any end yet: no figure rather than a false 0.
+        assert_eq!(context.lag(&[0, 1], &HashMap::new()), None);
+
+        context
+            .extents
+            .lock()
+            .expect("no thread panicked holding the extents")
+            .extend([
+                (0, Extent { start: 0, end: 100 }),
+                (1, Extent { start: 0, end: 30 }),
+                (2, Extent { start: 5, end: 25 }),
+                (3, Extent { start: 0, end: 7 }),
+            ]);
+        // Partition 0: stored 40, processed 70 in this run → 30 left.
+        // Partition 1: stored 10, processed 4 before (another instance
+        // went further) → 20 left. Partition 2: never processed → from its
+        // start, 20 left. Partition 3 is not assigned; partition 4 has no
+        // known end.
+        let processed = HashMap::from([(0, 70), (1, 4)]);
+        assert_eq!(context.lag(&[0, 1, 2, 4], &processed), Some(30 + 20 + 20));
+        // Caught up, or past an end the broker reported earlier.
+        let processed = HashMap::from([(0, 100), (1, 31), (2, 25)]);
+        assert_eq!(context.lag(&[0, 1, 2], &processed), Some(0));
+    }
 
     #[test]
     fn only_errors_no_retry_mends_end_the_service() {

@@ -10,7 +10,7 @@
 mod common;
 
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{MONDAY, file_event, produce_events, produce_raw, read_topic};
 use tokio::io::AsyncReadExt;
@@ -45,8 +45,10 @@ fn spawn_detector(
     state: &std::path::Path,
     rules: &std::path::Path,
     otlp_endpoint: &str,
+    extra: &[&str],
 ) -> Child {
     common::detector_command(broker, topics, state, rules)
+        .args(extra)
         .args(["--instance-id", "detector-metrics-0"])
         .args(["--otlp-endpoint", otlp_endpoint])
         .args(["--otlp-interval-ms", "300"])
@@ -118,6 +120,7 @@ async fn counters_are_exported_as_they_grow_and_once_more_at_shutdown() {
         state.path(),
         rules.path(),
         &receiver.base_url(),
+        &[],
     );
 
     // While it runs: the periodic export brings the counts up to all the
@@ -228,6 +231,7 @@ async fn an_unreachable_receiver_costs_a_warning_and_nothing_else() {
         state.path(),
         rules.path(),
         &format!("http://127.0.0.1:{closed}"),
+        &[],
     );
     let audit = read_topic(
         &broker,
@@ -245,4 +249,67 @@ async fn an_unreachable_receiver_costs_a_warning_and_nothing_else() {
         "one warning for the whole outage, not one per interval; log:\n{log}"
     );
     assert!(log.contains(&format!("127.0.0.1:{closed}")), "{log}");
+}
+
+/// While consumed records wait for their batch (a 4 s linger), the lag
+/// gauge counts them, from the end offsets the broker reports; once they
+/// are processed it falls to 0. Before the broker has reported any end the
+/// gauge is not exported at all, rather than exported as a false 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_consumer_lag_counts_records_not_yet_processed() {
+    const LAG: &str = "vigil.detector.consumer_lag";
+    let broker = TestBroker::start();
+    let topics = common::topics(&broker, 2).await;
+    let state = tempfile::tempdir().expect("state dir");
+    let rules = rules();
+    let receiver = OtlpReceiver::start();
+
+    let events = workload();
+    produce_events(&broker, &topics.events, &events).await;
+    let detector = spawn_detector(
+        &broker,
+        &topics,
+        state.path(),
+        rules.path(),
+        &receiver.base_url(),
+        &["--linger-ms", "4000", "--batch-rows", "100000"],
+    );
+    let waiting = events.len() as f64;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !receiver.history(SERVICE, LAG).contains(&waiting) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let processed = receiver.wait_for_sum(
+        SERVICE,
+        "vigil.detector.events",
+        waiting,
+        Duration::from_secs(30),
+    );
+    // The gauge catches up within a housekeeping tick and an export.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let history = receiver.history(SERVICE, LAG);
+    let log = stop(detector).await;
+    assert_eq!(processed, Some(waiting), "log:\n{log}");
+    assert!(
+        history.contains(&waiting),
+        "the lag never showed the {waiting} records waiting for their batch: {history:?}; log:\n{log}"
+    );
+    assert!(
+        history.iter().all(|&lag| lag <= waiting),
+        "more lag than records: {history:?}"
+    );
+    assert_eq!(
+        history.last(),
+        Some(&0.0),
+        "the lag after every record was processed: {history:?}"
+    );
+    assert!(
+        log.contains("consumer_lag=0"),
+        "the shutdown does not log the lag; log:\n{log}"
+    );
+    // stderr is a pipe here, as under systemd: plain text, no colour codes.
+    assert!(
+        !log.contains('\u{1b}'),
+        "terminal escape codes in a log that is not a terminal:\n{log}"
+    );
 }

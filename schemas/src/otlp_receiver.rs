@@ -85,27 +85,22 @@ impl OtlpReceiver {
     /// of `service` that carried it, added over its data points.
     pub fn latest_sum(&self, service: &str, name: &str) -> Option<f64> {
         let received = self.lock();
-        received.exports.iter().rev().find_map(|export| {
-            metrics_of(export, service)
-                .filter(|m| m.name == name)
-                .find_map(|m| {
-                    let points = match &m.data {
-                        Some(metric::Data::Sum(sum)) => &sum.data_points,
-                        Some(metric::Data::Gauge(gauge)) => &gauge.data_points,
-                        _ => return None,
-                    };
-                    Some(
-                        points
-                            .iter()
-                            .map(|p| match p.value {
-                                Some(number_data_point::Value::AsInt(v)) => v as f64,
-                                Some(number_data_point::Value::AsDouble(v)) => v,
-                                None => 0.0,
-                            })
-                            .sum(),
-                    )
-                })
-        })
+        received
+            .exports
+            .iter()
+            .rev()
+            .find_map(|export| value_in(export, service, name))
+    }
+
+    /// The value of `name` in each export of `service` that carried it,
+    /// oldest first: how a gauge moved.
+    pub fn history(&self, service: &str, name: &str) -> Vec<f64> {
+        let received = self.lock();
+        received
+            .exports
+            .iter()
+            .filter_map(|export| value_in(export, service, name))
+            .collect()
     }
 
     /// Waits until the sum `name` of `service` reaches `at_least`, or
@@ -184,6 +179,30 @@ fn metrics_of<'a>(
     resources_of(export, service)
         .flat_map(|rm| &rm.scope_metrics)
         .flat_map(|sm| &sm.metrics)
+}
+
+/// The counter (sum) or gauge `name` of `service` in one export, added
+/// over its data points.
+fn value_in(export: &ExportMetricsServiceRequest, service: &str, name: &str) -> Option<f64> {
+    metrics_of(export, service)
+        .filter(|m| m.name == name)
+        .find_map(|m| {
+            let points = match &m.data {
+                Some(metric::Data::Sum(sum)) => &sum.data_points,
+                Some(metric::Data::Gauge(gauge)) => &gauge.data_points,
+                _ => return None,
+            };
+            Some(
+                points
+                    .iter()
+                    .map(|p| match p.value {
+                        Some(number_data_point::Value::AsInt(v)) => v as f64,
+                        Some(number_data_point::Value::AsDouble(v)) => v,
+                        None => 0.0,
+                    })
+                    .sum(),
+            )
+        })
 }
 
 fn resource_attribute(rm: &ResourceMetrics, key: &str) -> Option<String> {

@@ -297,12 +297,26 @@ impl Level {
         unit: &'static str,
         about: &'static str,
     ) -> Level {
+        let level = Level::once_known(meter, name, unit, about);
+        level.set(0);
+        level
+    }
+
+    /// A gauge as [`Level::new`] makes, exported only from its first
+    /// [`Level::set`]: for a quantity not known at the start (a consumer's
+    /// lag before the broker has told it where the log ends), where 0
+    /// would be a false "none".
+    pub fn once_known(
+        meter: &Meter,
+        name: &'static str,
+        unit: &'static str,
+        about: &'static str,
+    ) -> Level {
         let gauge = meter
             .u64_gauge(name)
             .with_unit(unit)
             .with_description(about)
             .build();
-        gauge.record(0, &[]);
         Level { gauge }
     }
 
