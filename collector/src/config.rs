@@ -360,6 +360,23 @@ mod tests {
     }
 
     #[test]
+    fn the_example_in_deploy_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/collector.toml");
+        let args = Args {
+            config: Some(path),
+            ..Args::default()
+        };
+        let config = Config::load(args).expect("deploy/config/collector.toml is valid");
+        assert_eq!(config.watch.len(), 3);
+        assert_eq!(config.uids, Scope::AllBut(vec![998]));
+        assert_eq!(config.rollup_interval, Duration::from_secs(60));
+        assert_eq!(
+            config.otlp_endpoint.as_deref(),
+            Some("http://127.0.0.1:4318/v1/metrics")
+        );
+    }
+
+    #[test]
     fn defaults_apply_when_nothing_is_given() {
         let config = Config::merge(Args::default(), FileConfig::default()).expect("valid");
         assert_eq!(config.brokers, "127.0.0.1:9092");

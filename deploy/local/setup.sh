@@ -3,7 +3,8 @@
 #   - apt packages: the C toolchain and libraries the Rust crates build against
 #     (clang/libclang for bindgen, llvm and libbpf-dev/bpftool for the eBPF
 #     programs, cmake and zlib for librdkafka and RocksDB, redis-server for
-#     the collector's overhead benchmark);
+#     the collector's overhead benchmark, systemd's systemd-analyze for
+#     the tests of the units in deploy/systemd);
 #   - the tansu Kafka-protocol broker 0.6.0 in ~/.cargo/bin (about 25 minutes
 #     to build once on 2 cores; reused afterwards).
 # Safe to run again: it only installs what is missing. Needs root for apt.
@@ -11,7 +12,7 @@ set -euo pipefail
 
 TANSU_VERSION=0.6.0
 APT_PACKAGES=(build-essential pkg-config cmake clang llvm libclang-dev libbpf-dev bpftool
-  zlib1g-dev libssl-dev libsasl2-dev protobuf-compiler curl redis-server)
+  zlib1g-dev libssl-dev libsasl2-dev protobuf-compiler curl redis-server systemd)
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 

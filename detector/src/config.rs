@@ -346,6 +346,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_example_in_deploy_loads() {
+        let args = RunArgs {
+            config: Some(
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/detector.toml"),
+            ),
+            ..RunArgs::default()
+        };
+        let config =
+            DetectorConfig::resolve(None, &args).expect("deploy/config/detector.toml is valid");
+        assert_eq!(config.group, "vigil-detector");
+        // The unit's StateDirectory=vigil/detector.
+        assert_eq!(config.state_dir, PathBuf::from("/var/lib/vigil/detector"));
+        assert_eq!(config.rules_dir, PathBuf::from("/opt/vigil/sql/rules"));
+        assert_eq!(config.roles, Some(PathBuf::from("/etc/vigil/roles.toml")));
+        assert!(config.resume_exact);
+        assert_eq!(config.otlp_interval, Duration::from_secs(10));
+    }
+
+    #[test]
     fn file_then_flags_override_defaults() {
         let dir = tempfile::tempdir().expect("temp dir");
         let file = dir.path().join("detector.toml");

@@ -145,6 +145,18 @@ fn load(path: &Path) -> Result<RoleMap> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_example_in_deploy_parses() {
+        let map = RoleMap::parse(
+            include_str!("../../deploy/config/roles.toml"),
+            "deploy/config/roles.toml",
+        )
+        .expect("deploy/config/roles.toml is valid");
+        assert_eq!(map.role_of("998@ehr-db-01", 998), "backup-service");
+        assert_eq!(map.role_of("drsmith", 5001), "physician");
+        assert_eq!(map.role_of("newhire", 100), "unassigned");
+    }
+
     const MAPPING: &str = r#"
 default = "staff"
 [users]

@@ -380,3 +380,31 @@ pub fn file_event(user: &str, kind: Kind, path: &str, time: i64, seq: i64) -> Ev
         ..Event::default()
     }
 }
+
+/// Checks a systemd unit from `deploy/systemd` with `systemd-analyze
+/// verify`, which systemd offers for machines where it is not PID 1 (as on
+/// the test machines), and panics with what it says is wrong. The unit's
+/// `installed` program path is replaced by the `built` one first: verify
+/// checks that ExecStart's program exists. A bad line is only a warning
+/// to verify, which still succeeds, so any line naming the unit fails.
+pub fn assert_systemd_verifies(name: &str, unit: &str, installed: &str, built: &str) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let text = unit.replace(installed, built);
+    assert_ne!(text, unit, "{name}: ExecStart no longer runs {installed}");
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).expect("write the unit");
+    let output = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("systemd-analyze (Debian's systemd package) checks {name} but cannot run: {e}")
+        });
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let complaints: Vec<&str> = stderr.lines().filter(|line| line.contains(name)).collect();
+    assert!(
+        output.status.success() && complaints.is_empty(),
+        "systemd-analyze verify {name}: {}\n{stderr}",
+        output.status
+    );
+}

@@ -43,13 +43,34 @@ impl Collector {
     /// Starts the collector publishing to `topic`, watching `watched`, with
     /// extra flags; returns once it says it is collecting.
     pub fn start(bootstrap: &str, topic: &str, watched: &Path, extra: &[&str]) -> Collector {
+        Collector::start_under(&[], bootstrap, topic, watched, extra)
+    }
+
+    /// [`Collector::start`] through `wrapper`, a command that runs the
+    /// rest of its arguments (e.g. `setpriv` with its options), in place.
+    pub fn start_under(
+        wrapper: &[String],
+        bootstrap: &str,
+        topic: &str,
+        watched: &Path,
+        extra: &[&str],
+    ) -> Collector {
         // Drop counters and backlog read often, unless a test says otherwise.
         let stats: &[&str] = if extra.contains(&"--stats-interval") {
             &[]
         } else {
             &["--stats-interval", "100ms"]
         };
-        let mut child = Command::new(env!("CARGO_BIN_EXE_collector"))
+        let binary = env!("CARGO_BIN_EXE_collector");
+        let mut command = match wrapper.split_first() {
+            Some((program, options)) => {
+                let mut command = Command::new(program);
+                command.args(options).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
+        let mut child = command
             .args(["--brokers", bootstrap, "--topic", topic])
             .arg("--watch")
             .arg(watched)
