@@ -253,8 +253,10 @@ async fn an_unreachable_receiver_costs_a_warning_and_nothing_else() {
 
 /// While consumed records wait for their batch (a 4 s linger), the lag
 /// gauge counts them, from the end offsets the broker reports; once they
-/// are processed it falls to 0. Before the broker has reported any end the
-/// gauge is not exported at all, rather than exported as a false 0.
+/// are processed it falls to 0. (That no figure, rather than a false 0,
+/// is given before the broker has reported any end is the unit test's, in
+/// `pipeline.rs`: here the first statistics may come before the first
+/// export or after it.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_consumer_lag_counts_records_not_yet_processed() {
     const LAG: &str = "vigil.detector.consumer_lag";
