@@ -8,7 +8,18 @@
 #   - the tansu Kafka-protocol broker 0.6.0 in ~/.cargo/bin (about 25 minutes
 #     to build once on 2 cores; reused afterwards).
 # Safe to run again: it only installs what is missing. Needs root for apt.
+# `--no-tansu` does all but the broker (test.sh builds it beside the tests).
 set -euo pipefail
+
+with_tansu=true
+case ${1:-} in
+  '') ;;
+  --no-tansu) with_tansu=false ;;
+  *)
+    printf 'setup: unknown option %s (the only one is --no-tansu)\n' "$1" >&2
+    exit 2
+    ;;
+esac
 
 TANSU_VERSION=0.6.0
 APT_PACKAGES=(build-essential pkg-config cmake clang llvm libclang-dev libbpf-dev bpftool
@@ -50,6 +61,8 @@ for component in rustfmt clippy; do
   fi
 done
 
+$with_tansu || exit 0
+
 tansu_bin=$(command -v tansu || true)
 [[ -z $tansu_bin && -x $HOME/.cargo/bin/tansu ]] && tansu_bin=$HOME/.cargo/bin/tansu
 if [[ -n $tansu_bin ]] && "$tansu_bin" --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
@@ -57,6 +70,9 @@ if [[ -n $tansu_bin ]] && "$tansu_bin" --version 2>/dev/null | grep -q "$TANSU_V
 else
   log "building the tansu broker $TANSU_VERSION into ~/.cargo/bin (once; about 25 minutes on 2 cores)"
   started=$SECONDS
-  cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql
+  # In cargo's own temporary directory, not a CARGO_TARGET_DIR shared with
+  # a workspace build that would wait for it (or it for the build).
+  env -u CARGO_TARGET_DIR cargo install tansu --version "$TANSU_VERSION" --locked \
+    --features dynostore,libsql
   log "tansu built in $((SECONDS - started)) s"
 fi
