@@ -5,7 +5,7 @@
 #     programs, cmake and zlib for librdkafka and RocksDB, redis-server for
 #     the collector's overhead benchmark, systemd's systemd-analyze for
 #     the tests of the units in deploy/systemd);
-#   - the tansu Kafka-protocol broker 0.6.0 in ~/.cargo/bin (about 25 minutes
+#   - the tansu Kafka-protocol broker 0.6.0 in ~/.cargo/bin (12–25 minutes
 #     to build once on 2 cores; reused afterwards).
 # Safe to run again: it only installs what is missing. Needs root for apt.
 # `--no-tansu` does all but the broker (test.sh builds it beside the tests).
@@ -68,7 +68,7 @@ tansu_bin=$(command -v tansu || true)
 if [[ -n $tansu_bin ]] && "$tansu_bin" --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
   log "tansu $TANSU_VERSION present at $tansu_bin"
 else
-  log "building the tansu broker $TANSU_VERSION into ~/.cargo/bin (once; about 25 minutes on 2 cores)"
+  log "building the tansu broker $TANSU_VERSION into ~/.cargo/bin (once; 12–25 minutes on 2 cores)"
   started=$SECONDS
   # In cargo's own temporary directory, not a CARGO_TARGET_DIR shared with
   # a workspace build that would wait for it (or it for the build).
