@@ -109,10 +109,11 @@ struct Resume {
     unreadable: Option<Error>,
 }
 
-/// The shared [`Resume`], also after a thread panicked holding it (its
-/// maps stay usable).
-fn lock_resume(resume: &Mutex<Resume>) -> std::sync::MutexGuard<'_, Resume> {
-    resume
+/// State shared with librdkafka's threads (the [`Resume`], the
+/// [`Extent`]s), also after a thread panicked holding it: its maps stay
+/// usable.
+fn lock_shared<T>(shared: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    shared
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -166,10 +167,7 @@ impl DetectorContext {
     /// start when none of it was ever processed. `None` until the broker
     /// has given the end of at least one assigned partition.
     fn lag(&self, assigned: &[i32], processed: &HashMap<i32, i64>) -> Option<u64> {
-        let extents = self
-            .extents
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let extents = lock_shared(&self.extents);
         let mut lag = None;
         for partition in assigned {
             let Some(extent) = extents.get(partition) else {
@@ -199,10 +197,7 @@ impl ClientContext for DetectorContext {
         let Some(topic) = statistics.topics.get(&self.events_topic) else {
             return;
         };
-        let mut extents = self
-            .extents
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut extents = lock_shared(&self.extents);
         for (&partition, p) in &topic.partitions {
             // Partition -1 is librdkafka's bookkeeping for records not yet
             // given a partition. The end is the last stable offset (the
@@ -240,7 +235,7 @@ impl ConsumerContext for DetectorContext {
                     .iter()
                     .map(|e| (e.topic().to_owned(), e.partition()))
                     .collect();
-                let mut resume = lock_resume(&self.resume);
+                let mut resume = lock_shared(&self.resume);
                 resume.skip_below.clear();
                 resume.accepted.clear();
                 resume.newest.clear();
@@ -303,7 +298,7 @@ impl ConsumerContext for DetectorContext {
                 tracing::info!(?revoked, "Partitions revoked");
                 self.revoked.store(true, Ordering::SeqCst);
                 // Nothing to probe (or seek) until the next assignment.
-                lock_resume(&self.resume).probing.clear();
+                lock_shared(&self.resume).probing.clear();
                 if let Err(e) = consumer.unassign() {
                     tracing::error!(error = %e, "Unassigning partitions");
                 }
@@ -1063,7 +1058,7 @@ impl Pipeline {
         let partition = message.partition();
         let offset = message.offset();
         let time_ms = message.timestamp().to_millis();
-        let mut resume = lock_resume(resume);
+        let mut resume = lock_shared(resume);
         let first = resume.probing.remove(&partition).is_some();
         let stored = resume.skip_below.get(&partition).copied();
         if let Some(stored) = stored
@@ -1146,7 +1141,7 @@ impl Pipeline {
     /// the detector stops on it rather than read that partition from its
     /// beginning (see [`Resume::unreadable`]).
     fn stop_on_unreadable_offset(&self) -> Result<()> {
-        let unreadable = lock_resume(&self.resume).unreadable.take();
+        let unreadable = lock_shared(&self.resume).unreadable.take();
         unreadable.map_or(Ok(()), Err)
     }
 
@@ -1155,7 +1150,7 @@ impl Pipeline {
     /// [`Resume`]; with `resume_exact` no partition is probed).
     async fn reread_stalled_partitions(&mut self) {
         let stalled: Vec<(i32, Option<i64>)> = {
-            let mut resume = lock_resume(&self.resume);
+            let mut resume = lock_shared(&self.resume);
             let stalled: Vec<i32> = resume
                 .probing
                 .iter()
@@ -1197,7 +1192,7 @@ impl Pipeline {
                         %error,
                         "Cannot read the partition again yet; trying again"
                     );
-                    lock_resume(&self.resume)
+                    lock_shared(&self.resume)
                         .probing
                         .insert(partition, Instant::now());
                 }
@@ -1252,7 +1247,7 @@ impl Pipeline {
             // that write: records up to what was just written are already
             // in the state and must not be processed again, neither those
             // still to come nor those consumed since the assignment.
-            let mut resume = lock_resume(&self.resume);
+            let mut resume = lock_shared(&self.resume);
             for (&partition, &next) in &self.written {
                 resume
                     .skip_below
@@ -1341,7 +1336,7 @@ impl Pipeline {
     /// The newest record timestamps of `partitions`, to store with a batch
     /// (see [`Resume::newest`]).
     fn newest_of(&self, partitions: &HashSet<i32>) -> Vec<(String, i32, i64)> {
-        let resume = lock_resume(&self.resume);
+        let resume = lock_shared(&self.resume);
         partitions
             .iter()
             .filter_map(|p| {
@@ -1378,7 +1373,7 @@ impl Pipeline {
         );
         self.written.remove(&partition);
         self.processed.remove(&partition);
-        let mut resume = lock_resume(&self.resume);
+        let mut resume = lock_shared(&self.resume);
         resume.skip_below.remove(&partition);
         resume.accepted.remove(&partition);
         resume.newest.remove(&partition);
