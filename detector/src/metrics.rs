@@ -3,14 +3,15 @@
 //! gauge, exported when `detector run` is given an OTLP endpoint (see
 //! `vigil_schemas::telemetry`).
 
-use vigil_schemas::telemetry::{self, Level, Seconds, Total};
+use vigil_schemas::telemetry::{self, Level, Seconds, Total, Waiting};
 
 use crate::pipeline::Counters;
 
 /// The meter's name, and `service.name` of the exported resource.
 pub const SERVICE: &str = "vigil-detector";
 
-/// One counter per field of [`Counters`], and the consumer lag.
+/// One counter per field of [`Counters`], the consumer lag, and how long
+/// the detector has been waiting on the broker.
 #[derive(Debug)]
 pub struct DetectorMetrics {
     batches: Total,
@@ -29,6 +30,8 @@ pub struct DetectorMetrics {
     publish_time: Seconds,
     settle_time: Seconds,
     consumer_lag: Level,
+    /// Begun around every wait on the broker (see [`Waiting`]).
+    pub broker_wait: Waiting,
 }
 
 impl DetectorMetrics {
@@ -116,6 +119,11 @@ impl DetectorMetrics {
                 "vigil.detector.consumer_lag",
                 "{event}",
                 "Events in the assigned events partitions not yet processed and written to the state store",
+            ),
+            broker_wait: Waiting::new(
+                &meter,
+                "vigil.detector.broker_wait",
+                "How long the detector has been waiting on the broker (acknowledgement of a batch's outputs, room in the producer's queue, an audit chain's tail); 0 when it is not waiting",
             ),
         }
     }

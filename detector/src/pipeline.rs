@@ -1400,6 +1400,7 @@ impl Pipeline {
     /// The last audit record of `partition`, read again each second while
     /// the broker cannot be reached, until the shutdown grace runs out.
     async fn read_audit_tail(&self, partition: i32) -> Result<Option<ChainHead>> {
+        let _waiting = self.metrics.broker_wait.begin();
         until_broker_answers(
             &self.config.brokers,
             &format!("Cannot read the tail of audit partition {partition}"),
@@ -1446,6 +1447,7 @@ impl Pipeline {
     /// broker takes (logging the wait), until the shutdown grace runs out.
     async fn acknowledged(&self, done: &mut InFlight) -> Result<()> {
         let started = Instant::now();
+        let _waiting = self.metrics.broker_wait.begin();
         loop {
             tokio::select! {
                 joined = &mut done.acks => {
@@ -1611,10 +1613,12 @@ impl Pipeline {
         producer: &PolledProducer<Acks>,
         mut record: BaseRecord<'_, [u8], [u8], AckSender>,
     ) -> Result<()> {
+        let mut waiting = None;
         loop {
             match producer.send(record) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    waiting.get_or_insert_with(|| self.metrics.broker_wait.begin());
                     if self.give_up.is_cancelled() {
                         return Err(self.unacknowledged(1));
                     }

@@ -71,10 +71,7 @@ async fn stop(mut detector: Child) -> String {
         let _ = stderr.read_to_string(&mut text).await;
         text
     });
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("send SIGTERM");
+    signal(pid as u32, "TERM");
     let status = tokio::time::timeout(Duration::from_secs(60), detector.wait())
         .await
         .expect("the detector stops within 60 s of SIGTERM")
@@ -85,6 +82,16 @@ async fn stop(mut detector: Child) -> String {
         "detector exited with {status}; log:\n{log}"
     );
     log
+}
+
+/// Sends a signal to a process with kill(1).
+fn signal(pid: u32, name: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{name} {pid}");
 }
 
 /// 120 opens of PHI by two users, then one record that is not an event.
@@ -313,5 +320,95 @@ async fn the_consumer_lag_counts_records_not_yet_processed() {
     assert!(
         !log.contains('\u{1b}'),
         "terminal escape codes in a log that is not a terminal:\n{log}"
+    );
+}
+
+/// While the detector waits for the broker to acknowledge a batch's
+/// outputs, its own loop records nothing; the wait gauge is worked out at
+/// each export, so it grows through the wait, and it is back at 0 once the
+/// broker answers. The broker is frozen (SIGSTOP) after the detector has
+/// consumed a batch and before the batch's 3 s linger ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_on_the_broker_shows_in_the_wait_gauge_while_it_lasts() {
+    const WAIT: &str = "vigil.detector.broker_wait";
+    let broker = TestBroker::start();
+    let Some(broker_pid) = broker.pid() else {
+        eprintln!(
+            "skipped: VIGIL_TEST_BROKER names a shared broker, which this test would have to freeze"
+        );
+        return;
+    };
+    let topics = common::topics(&broker, 1).await;
+    let state = tempfile::tempdir().expect("state dir");
+    let rules = rules();
+    let receiver = OtlpReceiver::start();
+    let detector = spawn_detector(
+        &broker,
+        &topics,
+        state.path(),
+        rules.path(),
+        &receiver.base_url(),
+        &["--linger-ms", "3000"],
+    );
+
+    // The first event opens the partition's audit chain, which reads the
+    // audit topic; the other four are the batch the frozen broker holds up.
+    let events = workload();
+    produce_events(&broker, &topics.events, &events[..1]).await;
+    let first = read_topic(
+        &broker,
+        &topics.audit,
+        1,
+        Duration::from_secs(1),
+        Duration::from_secs(90),
+    )
+    .await;
+    assert_eq!(first.len(), 1, "the first event's audit record");
+    produce_events(&broker, &topics.events, &events[1..5]).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    signal(broker_pid, "STOP");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let waited = |history: &[f64]| history.iter().copied().fold(0.0, f64::max);
+    while waited(&receiver.history(SERVICE, WAIT)) < 2.0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let during = receiver.history(SERVICE, WAIT);
+    signal(broker_pid, "CONT");
+
+    let processed = receiver.wait_for_sum(
+        SERVICE,
+        "vigil.detector.events",
+        5.0,
+        Duration::from_secs(30),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while receiver.history(SERVICE, WAIT).last() != Some(&0.0) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = receiver.history(SERVICE, WAIT);
+    let log = stop(detector).await;
+    assert!(
+        waited(&during) >= 2.0,
+        "the gauge never showed the wait on the frozen broker: {during:?}; log:\n{log}"
+    );
+    // It rose export by export (300 ms apart): no tick of the detector's
+    // set it, since none ran.
+    let rising = during
+        .windows(2)
+        .filter(|w| w[1] > w[0] && w[0] > 0.0)
+        .count();
+    assert!(
+        rising >= 2,
+        "the wait was not worked out afresh at each export: {during:?}"
+    );
+    assert_eq!(processed, Some(5.0), "log:\n{log}");
+    assert_eq!(
+        after.last(),
+        Some(&0.0),
+        "the gauge once the broker answered: {after:?}"
+    );
+    assert!(
+        log.contains("Exporting metrics"),
+        "the log does not say where metrics go:\n{log}"
     );
 }

@@ -14,11 +14,12 @@
 //! and carry no attributes: a service's identity is in the resource
 //! (`service.name`, `service.instance.id`, `host.name`).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Counter, Gauge, Meter};
+use opentelemetry::metrics::{Counter, Gauge, Meter, ObservableGauge};
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
@@ -359,9 +360,123 @@ impl Seconds {
     }
 }
 
+/// How long a service has been stuck waiting on something outside it (a
+/// broker that does not answer), exported as a gauge in seconds that is
+/// worked out when each export is taken: it goes on growing through a wait
+/// in which the service itself records nothing. 0 while nothing waits.
+#[derive(Debug)]
+pub struct Waiting {
+    start: Arc<WaitStart>,
+    _gauge: ObservableGauge<f64>,
+}
+
+/// When the wait under way began, in nanoseconds after `base` plus one; 0
+/// when none is under way.
+#[derive(Debug)]
+struct WaitStart {
+    base: Instant,
+    began: AtomicU64,
+}
+
+impl WaitStart {
+    fn waited(&self) -> Duration {
+        match self.began.load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            began => self
+                .base
+                .elapsed()
+                .saturating_sub(Duration::from_nanos(began - 1)),
+        }
+    }
+}
+
+impl Waiting {
+    /// A gauge named `name`, unit `s`, with a one-line description;
+    /// exported from the start, at 0 until a wait begins.
+    pub fn new(meter: &Meter, name: &'static str, about: &'static str) -> Waiting {
+        let start = Arc::new(WaitStart {
+            base: Instant::now(),
+            began: AtomicU64::new(0),
+        });
+        let observed = Arc::clone(&start);
+        let gauge = meter
+            .f64_observable_gauge(name)
+            .with_unit("s")
+            .with_description(about)
+            .with_callback(move |gauge| gauge.observe(observed.waited().as_secs_f64(), &[]))
+            .build();
+        Waiting {
+            start,
+            _gauge: gauge,
+        }
+    }
+
+    /// Marks a wait as begun; it is over when the returned guard is
+    /// dropped. A wait begun inside another is part of it: the outer one's
+    /// start stands, and only the outer guard ends it.
+    pub fn begin(&self) -> Wait<'_> {
+        let now = self.start.base.elapsed().as_nanos() as u64 + 1;
+        let began = self
+            .start
+            .began
+            .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok();
+        Wait {
+            start: &self.start,
+            began,
+        }
+    }
+
+    /// How long the wait under way has lasted (zero when none is).
+    pub fn waited(&self) -> Duration {
+        self.start.waited()
+    }
+}
+
+/// A wait under way (see [`Waiting::begin`]); dropping it ends the wait.
+#[derive(Debug)]
+#[must_use = "the wait ends when this guard is dropped"]
+pub struct Wait<'a> {
+    start: &'a WaitStart,
+    began: bool,
+}
+
+impl Drop for Wait<'_> {
+    fn drop(&mut self) {
+        if self.began {
+            self.start.began.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wait_lasts_from_its_outermost_begin_to_that_guard_s_drop() {
+        let waiting = Waiting::new(&meter("vigil-test"), "vigil.test.wait", "a test wait");
+        assert_eq!(waiting.waited(), Duration::ZERO, "before any wait");
+        let outer = waiting.begin();
+        std::thread::sleep(Duration::from_millis(30));
+        let inner = waiting.begin();
+        std::thread::sleep(Duration::from_millis(10));
+        drop(inner);
+        let waited = waiting.waited();
+        assert!(
+            waited >= Duration::from_millis(40),
+            "the inner wait restarted or ended the outer one: {waited:?}"
+        );
+        drop(outer);
+        assert_eq!(waiting.waited(), Duration::ZERO, "after the outer guard");
+        let again = waiting.begin();
+        assert!(
+            waiting.waited() < Duration::from_millis(30),
+            "a new wait starts from 0: {:?}",
+            waiting.waited()
+        );
+        drop(again);
+    }
 
     fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
         move |name| {
