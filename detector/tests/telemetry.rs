@@ -327,7 +327,9 @@ async fn the_consumer_lag_counts_records_not_yet_processed() {
 /// outputs, its own loop records nothing; the wait gauge is worked out at
 /// each export, so it grows through the wait, and it is back at 0 once the
 /// broker answers. The broker is frozen (SIGSTOP) after the detector has
-/// consumed a batch and before the batch's 3 s linger ends.
+/// fetched a batch (the exported lag counts it: the broker reports the
+/// partition's new end in the answer that carries the records) and before
+/// the batch's 5 s linger ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wait_on_the_broker_shows_in_the_wait_gauge_while_it_lasts() {
     const WAIT: &str = "vigil.detector.broker_wait";
@@ -348,7 +350,7 @@ async fn a_wait_on_the_broker_shows_in_the_wait_gauge_while_it_lasts() {
         state.path(),
         rules.path(),
         &receiver.base_url(),
-        &["--linger-ms", "3000"],
+        &["--linger-ms", "5000"],
     );
 
     // The first event opens the partition's audit chain, which reads the
@@ -365,7 +367,12 @@ async fn a_wait_on_the_broker_shows_in_the_wait_gauge_while_it_lasts() {
     .await;
     assert_eq!(first.len(), 1, "the first event's audit record");
     produce_events(&broker, &topics.events, &events[1..5]).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let lag = || receiver.history(SERVICE, "vigil.detector.consumer_lag");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lag().last() != Some(&4.0) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let fetched = lag();
     signal(broker_pid, "STOP");
     let deadline = Instant::now() + Duration::from_secs(30);
     let waited = |history: &[f64]| history.iter().copied().fold(0.0, f64::max);
@@ -387,6 +394,11 @@ async fn a_wait_on_the_broker_shows_in_the_wait_gauge_while_it_lasts() {
     }
     let after = receiver.history(SERVICE, WAIT);
     let log = stop(detector).await;
+    assert_eq!(
+        fetched.last(),
+        Some(&4.0),
+        "the detector never held the four records before the broker was frozen: lag {fetched:?}; log:\n{log}"
+    );
     assert!(
         waited(&during) >= 2.0,
         "the gauge never showed the wait on the frozen broker: {during:?}; log:\n{log}"
