@@ -46,6 +46,37 @@ pub fn file_class(path: &str) -> Option<&str> {
         .filter(|p| !p.is_empty())
 }
 
+/// `O_DIRECTORY`, and the bit that makes `O_TMPFILE` with it, as an
+/// event's `flags` carry them (Linux's generic values, which x86-64 uses;
+/// the schema describes `flags` with them).
+const O_DIRECTORY: i32 = 0o200000;
+const O_TMPFILE_BIT: i32 = 0o20000000;
+
+/// Whether `event` opens a directory to read its entries (`opendir`, as
+/// `ls`, `find` and a shell's `*` do): `O_DIRECTORY` without `O_TMPFILE`
+/// (which creates a file in the directory), or a path ending in `/`.
+///
+/// A listing of a watched directory shows which PHI files it holds, so it
+/// is PHI activity, audited and seen by rules; but it opens no PHI file.
+/// It is not counted among the principal's PHI opens or distinct PHI
+/// files, and its file class is the directory listed, not the one above.
+pub fn is_listing(event: &Event) -> bool {
+    event.kind == Kind::Open
+        && (event
+            .flags
+            .is_some_and(|flags| flags & O_DIRECTORY != 0 && flags & O_TMPFILE_BIT == 0)
+            || event.path.as_deref().is_some_and(|p| p.ends_with('/')))
+}
+
+/// The file class of a PHI event's path (see [`is_listing`]).
+fn class_of(path: &str, listing: bool) -> Option<&str> {
+    if listing {
+        Some(path.trim_end_matches('/')).filter(|p| !p.is_empty())
+    } else {
+        file_class(path)
+    }
+}
+
 /// One dimension's cached baselines. Each event touches three of them, so
 /// lookups borrow the key and a baseline is updated in place; a key is
 /// copied only when it first enters the cache or first becomes dirty.
@@ -225,11 +256,12 @@ impl Enricher {
         let role = self.roles.map().role_of(&principal, event.gid).to_owned();
         let hour = hour_index(event.time_unix_ns);
         let is_phi = is_phi(event);
+        let listing = is_phi && is_listing(event);
         let file_class = if is_phi {
             event
                 .path
                 .as_deref()
-                .and_then(file_class)
+                .and_then(|path| class_of(path, listing))
                 .map(str::to_owned)
         } else {
             None
@@ -264,8 +296,12 @@ impl Enricher {
         let bytes = event.bytes.unwrap_or(0).max(0) as u64;
         let contribution = Contribution {
             is_phi,
-            is_open: is_phi && event.kind == Kind::Open,
-            phi_path: if is_phi { event.path.as_deref() } else { None },
+            is_open: is_phi && event.kind == Kind::Open && !listing,
+            phi_path: if is_phi && !listing {
+                event.path.as_deref()
+            } else {
+                None
+            },
             bytes_read: if is_phi && event.kind == Kind::Read {
                 bytes
             } else {
@@ -397,6 +433,61 @@ mod tests {
             })
             .expect("commit");
         number
+    }
+
+    /// What `opendir` passes: O_RDONLY | O_NONBLOCK | O_DIRECTORY | O_CLOEXEC.
+    const OPENDIR: i32 = 0o2204000;
+
+    fn listing(user: &str, path: &str, flags: Option<i32>, minute: i64) -> Event {
+        let mut event = file_event(user, Kind::Open, path, NINE + minute * MINUTE, 0);
+        event.flags = flags;
+        event
+    }
+
+    #[test]
+    fn a_directory_listing_is_phi_activity_of_that_directory_but_opens_no_phi_file() {
+        let mut enricher = Enricher::new(
+            Arc::new(MemStore::default()),
+            RoleFile::open(None).expect("roles"),
+            7,
+        );
+        let opened = enricher.enrich(&open("ann", 0)).expect("enrich");
+        assert_eq!(opened.file_class.as_deref(), Some("/srv/phi"));
+        assert_eq!(opened.user_phi_opens_15m, 1);
+
+        // `ls /srv/phi`, and a shell's `/srv/phi/*`: the class of the
+        // files already read, not `/srv` (a class no file has), and no
+        // more opens.
+        for (path, flags) in [
+            ("/srv/phi", Some(OPENDIR)),
+            ("/srv/phi/", Some(OPENDIR)),
+            ("/srv/phi/", None),
+        ] {
+            let listed = enricher
+                .enrich(&listing("ann", path, flags, 1))
+                .expect("enrich");
+            assert!(listed.is_phi, "{path} {flags:?}: audited and seen by rules");
+            assert_eq!(
+                listed.file_class.as_deref(),
+                Some("/srv/phi"),
+                "{path} {flags:?}"
+            );
+            assert!(!listed.first_seen_file_class, "{path} {flags:?}");
+            assert_eq!(listed.user_phi_opens_15m, 1, "{path} {flags:?}");
+        }
+        // A directory never read from is a new class when listed.
+        let other = enricher
+            .enrich(&listing("ann", "/srv/phi/notes", Some(OPENDIR), 2))
+            .expect("enrich");
+        assert_eq!(other.file_class.as_deref(), Some("/srv/phi/notes"));
+        assert!(other.first_seen_file_class);
+
+        // O_TMPFILE carries the O_DIRECTORY bit but makes a file: an open.
+        let tmpfile = enricher
+            .enrich(&listing("ann", "/srv/phi/new", Some(0o20200002), 3))
+            .expect("enrich");
+        assert_eq!(tmpfile.file_class.as_deref(), Some("/srv/phi"));
+        assert_eq!(tmpfile.user_phi_opens_15m, 2);
     }
 
     #[test]
