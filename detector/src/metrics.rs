@@ -1,7 +1,7 @@
 //! The detector's OpenTelemetry metrics: its running [`Counters`] as
-//! monotonic counters named `vigil.detector.*`, and its consumer lag as a
-//! gauge, exported when `detector run` is given an OTLP endpoint (see
-//! `vigil_schemas::telemetry`).
+//! monotonic counters named `vigil.detector.*`, and its consumer lag and
+//! its wait on the broker as gauges, exported when `detector run` is given
+//! an OTLP endpoint (see `vigil_schemas::telemetry`).
 
 use vigil_schemas::telemetry::{self, Level, Seconds, Total, Waiting};
 

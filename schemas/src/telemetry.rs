@@ -10,9 +10,11 @@
 //!
 //! A service keeps its counts as running totals (they also go into its
 //! log); a [`Total`] turns a running total into an OpenTelemetry counter by
-//! adding what grew since the last [`Total::set`]. Metric names are fixed
-//! and carry no attributes: a service's identity is in the resource
-//! (`service.name`, `service.instance.id`, `host.name`).
+//! adding what grew since the last [`Total::set`]; a [`Waiting`] is a gauge
+//! the exporter works out itself, for a wait in which the service records
+//! nothing. Metric names are fixed and carry no attributes: a service's
+//! identity is in the resource (`service.name`, `service.instance.id`,
+//! `host.name`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
