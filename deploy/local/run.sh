@@ -154,9 +154,32 @@ start_collector() {
     "$collector" --brokers "$BROKERS" --watch "$PHI_DIR"
 }
 
+# The detector says "consuming" before its consumer group has given it the
+# events partitions, which takes tansu about 6 s (sometimes two rounds of
+# it); events wait on the broker meanwhile. Vigil is said to be running,
+# and demo.sh is worth running, once the latest word in this start's log
+# is an assignment. Not fatal: after 60 s run.sh goes on and says so.
+wait_for_partitions() {
+  local log_file=$STATE_DIR/detector.log from waited=0 last
+  from=$(grep -n -F "== detector started by run.sh" "$log_file" | tail -n 1 | cut -d: -f1 || true)
+  log "waiting for the detector to be given the events partitions (about 6 s on tansu)"
+  while ((waited < 600)); do
+    last=$(tail -n "+${from:-1}" "$log_file" | grep -E -o "Partition assigned|Partitions revoked" | tail -n 1 || true)
+    if [[ $last == "Partition assigned" ]]; then
+      log "detector consuming the events partitions after $((waited / 10)) s"
+      return
+    fi
+    running detector || return 0
+    sleep 0.1
+    waited=$((waited + 1))
+  done
+  log "no partition assignment in the detector's log after 60 s (events wait on the broker until it has one; or VIGIL_LOG hides info lines); see $log_file"
+}
+
 start_broker
 start_detector
 start_collector
+wait_for_partitions
 
 # While the alerts stream, a service that exits is reported here (how it
 # ended and the end of its log) and started again, after the broker (and
