@@ -15,7 +15,7 @@ use common::{consume_all, consume_until};
 use rdkafka::producer::Producer;
 use tokio_util::sync::CancellationToken;
 use vigil_collector::publish::{self, DELIVERY_FAILED, DeliveryStats, Outbox};
-use vigil_schemas::testkit::{TestBroker, file_event};
+use vigil_schemas::testkit::{TestBroker, file_event, signal};
 use vigil_schemas::{Kind, bus};
 
 /// A publisher running until its outbox is dropped.
@@ -412,16 +412,6 @@ async fn a_fatal_error_during_the_final_flush_loses_no_event() {
     let events = consume_all(broker.bootstrap(), &topic, Duration::from_secs(3)).await;
     let seqs: Vec<i64> = events.iter().map(|p| p.event.seq).collect();
     assert_eq!(seqs, (1..=4).collect::<Vec<_>>(), "each once, in order");
-}
-
-/// Sends a signal to a process with kill(1).
-fn signal(pid: u32, name: &str) {
-    let status = std::process::Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -{name} {pid}");
 }
 
 /// Events on the wire when the publisher gives up at exit (the broker

@@ -16,7 +16,7 @@ use common::{MONDAY, file_event, produce_events, produce_raw, read_topic};
 use tokio::io::AsyncReadExt;
 use tokio::process::Child;
 use vigil_schemas::otlp_receiver::OtlpReceiver;
-use vigil_schemas::testkit::TestBroker;
+use vigil_schemas::testkit::{TestBroker, signal};
 use vigil_schemas::{Event, Kind};
 
 const SERVICE: &str = "vigil-detector";
@@ -82,16 +82,6 @@ async fn stop(mut detector: Child) -> String {
         "detector exited with {status}; log:\n{log}"
     );
     log
-}
-
-/// Sends a signal to a process with kill(1).
-fn signal(pid: u32, name: &str) {
-    let status = std::process::Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -{name} {pid}");
 }
 
 /// 120 opens of PHI by two users, then one record that is not an event.

@@ -381,6 +381,17 @@ pub fn file_event(user: &str, kind: Kind, path: &str, time: i64, seq: i64) -> Ev
     }
 }
 
+/// Sends signal `name` (`STOP`, `CONT`, `TERM`) to process `pid` with
+/// kill(1); panics if it cannot be sent.
+pub fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
 /// Checks a systemd unit from `deploy/systemd` with `systemd-analyze
 /// verify`, which systemd offers for machines where it is not PID 1 (as on
 /// the test machines), and panics with what it says is wrong. The unit's
