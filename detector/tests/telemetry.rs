@@ -33,21 +33,44 @@ SELECT * FROM events
 WHERE is_phi AND kind = 'open' AND errno = 0 AND path LIKE '/srv/phi/alice/%'
 ";
 
-fn rules() -> tempfile::TempDir {
-    let rules = tempfile::tempdir().expect("rules dir");
-    std::fs::write(rules.path().join("alice-opened-phi.sql"), ALICE_RULE).expect("write rule");
-    rules
+/// What every test here starts from: a private broker with the
+/// detector's topics, a state directory, [`ALICE_RULE`], and an OTLP
+/// receiver.
+struct Rig {
+    broker: TestBroker,
+    topics: common::Topics,
+    state: tempfile::TempDir,
+    rules: tempfile::TempDir,
+    receiver: OtlpReceiver,
 }
 
-fn spawn_detector(
-    broker: &TestBroker,
-    topics: &common::Topics,
-    state: &std::path::Path,
-    rules: &std::path::Path,
-    otlp_endpoint: &str,
-    extra: &[&str],
-) -> Child {
-    common::detector_command(broker, topics, state, rules)
+impl Rig {
+    async fn start(events_partitions: i32) -> Rig {
+        let broker = TestBroker::start();
+        let topics = common::topics(&broker, events_partitions).await;
+        let rules = tempfile::tempdir().expect("rules dir");
+        std::fs::write(rules.path().join("alice-opened-phi.sql"), ALICE_RULE).expect("write rule");
+        Rig {
+            broker,
+            topics,
+            state: tempfile::tempdir().expect("state dir"),
+            rules,
+            receiver: OtlpReceiver::start(),
+        }
+    }
+
+    /// `detector run` exporting to the receiver every 300 ms.
+    fn spawn_detector(&self, extra: &[&str]) -> Child {
+        self.spawn_detector_to(&self.receiver.base_url(), extra)
+    }
+
+    fn spawn_detector_to(&self, otlp_endpoint: &str, extra: &[&str]) -> Child {
+        common::detector_command(
+            &self.broker,
+            &self.topics,
+            self.state.path(),
+            self.rules.path(),
+        )
         .args(extra)
         .args(["--instance-id", "detector-metrics-0"])
         .args(["--otlp-endpoint", otlp_endpoint])
@@ -60,6 +83,16 @@ fn spawn_detector(
         .stderr(Stdio::piped())
         .spawn()
         .expect("start detector")
+    }
+}
+
+/// Polls `done` every 50 ms until it holds or `timeout` has passed; the
+/// caller asserts on what it then finds.
+async fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Stops the detector with SIGTERM and returns what it logged.
@@ -102,23 +135,18 @@ fn workload() -> Vec<Event> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_are_exported_as_they_grow_and_once_more_at_shutdown() {
-    let broker = TestBroker::start();
-    let topics = common::topics(&broker, 2).await;
-    let state = tempfile::tempdir().expect("state dir");
-    let rules = rules();
-    let receiver = OtlpReceiver::start();
+    let rig = Rig::start(2).await;
+    let Rig {
+        broker,
+        topics,
+        receiver,
+        ..
+    } = &rig;
 
     let events = workload();
-    produce_events(&broker, &topics.events, &events).await;
-    produce_raw(&broker, &topics.events, "mallory", b"not an Avro event").await;
-    let detector = spawn_detector(
-        &broker,
-        &topics,
-        state.path(),
-        rules.path(),
-        &receiver.base_url(),
-        &[],
-    );
+    produce_events(broker, &topics.events, &events).await;
+    produce_raw(broker, &topics.events, "mallory", b"not an Avro event").await;
+    let detector = rig.spawn_detector(&[]);
 
     // While it runs: the periodic export brings the counts up to all the
     // records, without a shutdown.
@@ -152,7 +180,7 @@ async fn counters_are_exported_as_they_grow_and_once_more_at_shutdown() {
 
     // The exported figures are what reached the topics.
     let audit = read_topic(
-        &broker,
+        broker,
         &topics.audit,
         events.len(),
         Duration::from_secs(1),
@@ -160,7 +188,7 @@ async fn counters_are_exported_as_they_grow_and_once_more_at_shutdown() {
     )
     .await;
     let findings = read_topic(
-        &broker,
+        broker,
         &topics.review,
         1,
         Duration::from_secs(1),
@@ -169,7 +197,7 @@ async fn counters_are_exported_as_they_grow_and_once_more_at_shutdown() {
     .await
     .len()
         + read_topic(
-            &broker,
+            broker,
             &topics.alerts,
             0,
             Duration::from_secs(1),
@@ -178,7 +206,7 @@ async fn counters_are_exported_as_they_grow_and_once_more_at_shutdown() {
         .await
         .len();
     let dlq = read_topic(
-        &broker,
+        broker,
         &topics.dlq,
         1,
         Duration::from_secs(1),
@@ -210,10 +238,8 @@ async fn counters_are_exported_as_they_grow_and_once_more_at_shutdown() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_receiver_costs_a_warning_and_nothing_else() {
-    let broker = TestBroker::start();
-    let topics = common::topics(&broker, 1).await;
-    let state = tempfile::tempdir().expect("state dir");
-    let rules = rules();
+    let rig = Rig::start(1).await;
+    let Rig { broker, topics, .. } = &rig;
     // A port nothing listens on: bound, then let go.
     let closed = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -221,17 +247,10 @@ async fn an_unreachable_receiver_costs_a_warning_and_nothing_else() {
     };
 
     let events = workload();
-    produce_events(&broker, &topics.events, &events).await;
-    let detector = spawn_detector(
-        &broker,
-        &topics,
-        state.path(),
-        rules.path(),
-        &format!("http://127.0.0.1:{closed}"),
-        &[],
-    );
+    produce_events(broker, &topics.events, &events).await;
+    let detector = rig.spawn_detector_to(&format!("http://127.0.0.1:{closed}"), &[]);
     let audit = read_topic(
-        &broker,
+        broker,
         &topics.audit,
         events.len(),
         Duration::from_secs(2),
@@ -257,27 +276,22 @@ async fn an_unreachable_receiver_costs_a_warning_and_nothing_else() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_consumer_lag_counts_records_not_yet_processed() {
     const LAG: &str = "vigil.detector.consumer_lag";
-    let broker = TestBroker::start();
-    let topics = common::topics(&broker, 2).await;
-    let state = tempfile::tempdir().expect("state dir");
-    let rules = rules();
-    let receiver = OtlpReceiver::start();
+    let rig = Rig::start(2).await;
+    let Rig {
+        broker,
+        topics,
+        receiver,
+        ..
+    } = &rig;
 
     let events = workload();
-    produce_events(&broker, &topics.events, &events).await;
-    let detector = spawn_detector(
-        &broker,
-        &topics,
-        state.path(),
-        rules.path(),
-        &receiver.base_url(),
-        &["--linger-ms", "4000", "--batch-rows", "100000"],
-    );
+    produce_events(broker, &topics.events, &events).await;
+    let detector = rig.spawn_detector(&["--linger-ms", "4000", "--batch-rows", "100000"]);
     let waiting = events.len() as f64;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while !receiver.history(SERVICE, LAG).contains(&waiting) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(Duration::from_secs(90), || {
+        receiver.history(SERVICE, LAG).contains(&waiting)
+    })
+    .await;
     let processed = receiver.wait_for_sum(
         SERVICE,
         "vigil.detector.events",
@@ -323,32 +337,27 @@ async fn the_consumer_lag_counts_records_not_yet_processed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wait_on_the_broker_shows_in_the_wait_gauge_while_it_lasts() {
     const WAIT: &str = "vigil.detector.broker_wait";
-    let broker = TestBroker::start();
+    let rig = Rig::start(1).await;
+    let Rig {
+        broker,
+        topics,
+        receiver,
+        ..
+    } = &rig;
     let Some(broker_pid) = broker.pid() else {
         eprintln!(
             "skipped: VIGIL_TEST_BROKER names a shared broker, which this test would have to freeze"
         );
         return;
     };
-    let topics = common::topics(&broker, 1).await;
-    let state = tempfile::tempdir().expect("state dir");
-    let rules = rules();
-    let receiver = OtlpReceiver::start();
-    let detector = spawn_detector(
-        &broker,
-        &topics,
-        state.path(),
-        rules.path(),
-        &receiver.base_url(),
-        &["--linger-ms", "5000"],
-    );
+    let detector = rig.spawn_detector(&["--linger-ms", "5000"]);
 
     // The first event opens the partition's audit chain, which reads the
     // audit topic; the other four are the batch the frozen broker holds up.
     let events = workload();
-    produce_events(&broker, &topics.events, &events[..1]).await;
+    produce_events(broker, &topics.events, &events[..1]).await;
     let first = read_topic(
-        &broker,
+        broker,
         &topics.audit,
         1,
         Duration::from_secs(1),
@@ -356,19 +365,16 @@ async fn a_wait_on_the_broker_shows_in_the_wait_gauge_while_it_lasts() {
     )
     .await;
     assert_eq!(first.len(), 1, "the first event's audit record");
-    produce_events(&broker, &topics.events, &events[1..5]).await;
+    produce_events(broker, &topics.events, &events[1..5]).await;
     let lag = || receiver.history(SERVICE, "vigil.detector.consumer_lag");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while lag().last() != Some(&4.0) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(Duration::from_secs(30), || lag().last() == Some(&4.0)).await;
     let fetched = lag();
     signal(broker_pid, "STOP");
-    let deadline = Instant::now() + Duration::from_secs(30);
     let waited = |history: &[f64]| history.iter().copied().fold(0.0, f64::max);
-    while waited(&receiver.history(SERVICE, WAIT)) < 2.0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(Duration::from_secs(30), || {
+        waited(&receiver.history(SERVICE, WAIT)) >= 2.0
+    })
+    .await;
     let during = receiver.history(SERVICE, WAIT);
     signal(broker_pid, "CONT");
 
@@ -378,10 +384,10 @@ async fn a_wait_on_the_broker_shows_in_the_wait_gauge_while_it_lasts() {
         5.0,
         Duration::from_secs(30),
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while receiver.history(SERVICE, WAIT).last() != Some(&0.0) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(Duration::from_secs(30), || {
+        receiver.history(SERVICE, WAIT).last() == Some(&0.0)
+    })
+    .await;
     let after = receiver.history(SERVICE, WAIT);
     let log = stop(detector).await;
     assert_eq!(
