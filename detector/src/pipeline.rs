@@ -864,7 +864,8 @@ impl Pipeline {
                 }
                 _ = housekeeping.tick() => {
                     self.metrics.record(&self.counters);
-                    if let Some(lag) = self.consumer_lag() {
+                    let lag = self.consumer_lag();
+                    if let Some(lag) = lag {
                         self.metrics.record_lag(lag);
                     }
                     self.stop_on_unreadable_offset()?;
@@ -872,7 +873,7 @@ impl Pipeline {
                     self.reread_stalled_partitions().await;
                     if Instant::now() >= next_progress {
                         next_progress = Instant::now() + PROGRESS_INTERVAL;
-                        self.log_progress();
+                        self.log_progress(lag);
                     }
                 }
                 message = self.consumer.recv() => {
@@ -969,10 +970,12 @@ impl Pipeline {
         self.consumer.context().lag(&assigned, &self.processed)
     }
 
-    fn log_progress(&self) {
+    /// Logs the counters and `lag`, the consumer lag worked out on this
+    /// housekeeping tick.
+    fn log_progress(&self, lag: Option<u64>) {
         let c = self.counters;
         tracing::info!(
-            consumer_lag = %lag_text(self.consumer_lag()),
+            consumer_lag = %lag_text(lag),
             batches = c.batches,
             events = c.events,
             alerts = c.alerts,
