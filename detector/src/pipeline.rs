@@ -578,13 +578,7 @@ where
 /// that got no answer, or a consumer error librdkafka retries.
 fn broker_unreachable(error: &KafkaError) -> bool {
     match error {
-        KafkaError::MetadataFetch(code) => matches!(
-            code,
-            RDKafkaErrorCode::BrokerTransportFailure
-                | RDKafkaErrorCode::AllBrokersDown
-                | RDKafkaErrorCode::OperationTimedOut
-                | RDKafkaErrorCode::Resolve
-        ),
+        KafkaError::MetadataFetch(code) => bus::is_transport(*code),
         KafkaError::MessageConsumption(_) => !consume_error_is_fatal(error),
         _ => false,
     }

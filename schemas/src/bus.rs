@@ -231,7 +231,7 @@ impl ClientErrors {
 
 /// Errors that mean the broker cannot be reached, which librdkafka retries
 /// by itself.
-fn is_transport(code: RDKafkaErrorCode) -> bool {
+pub fn is_transport(code: RDKafkaErrorCode) -> bool {
     matches!(
         code,
         RDKafkaErrorCode::BrokerTransportFailure
